@@ -142,6 +142,7 @@ def _stool(c, j):
         Part("seat", sdf.cylinder((0, h - 0.05, 0), 0.34 * j[0], 0.05), c),
         Part("legs", sdf.union(*legs), c),
         Part("footrest", sdf.capsule((-0.24, -0.15, 0.24), (0.24, -0.15, 0.24), 0.035), _accent(c)),
+        Part("low back", sdf.box((0, h + 0.1, -0.26 * j[0]), (0.2, 0.09, 0.03), 0.02), _accent(c)),
     ]
 
 
@@ -150,7 +151,10 @@ def _mug(c, j):
     body = sdf.subtract(sdf.cylinder((0, 0, 0), r, h), sdf.cylinder((0, 0.08, 0), r - 0.06, h))
     ring = sdf.torus((r + 0.04, 0.02, 0), 0.2 * j[1], 0.055, rotation=rotation_x(90))  # in the xy plane
     handle = sdf.intersect(ring, sdf.half_space((-1, 0, 0), -(r - 0.03)))  # only the half outside the body
-    return [Part("body", body, c), Part("handle", handle, c)]  # the handle is on the mug's right (+x)
+    label = sdf.intersect(sdf.cylinder((0, 0, 0), r + 0.015, h * 0.45), sdf.box((0, 0, r), (0.17, h, 0.2)))
+    label_colour = COLOURS["white"] if c != COLOURS["white"] else COLOURS["red"]
+    # the handle is on the mug's right (+x) and a printed label on its front (+z)
+    return [Part("body", body, c), Part("handle", handle, c), Part("label", label, label_colour)]
 
 
 def _traffic_cone(c, j):
@@ -230,18 +234,21 @@ def _car(c, j):
 
 
 def _house(c, j):
-    w, h = 0.5 * j[0], 0.36 * j[1]
-    roof = sdf.intersect(sdf.box((0, h - 0.05 + 0.3, 0), (w + 0.08, 0.3, w + 0.08)),
-                         sdf.intersect(sdf.half_space((0.0, 0.707, 0.707), 0.707 * (2 * h + 0.1)),
-                                       sdf.half_space((0.0, 0.707, -0.707), 0.707 * (2 * h + 0.1))))
+    w, h, floor = 0.5 * j[0], 0.33 * j[1], -0.66
+    top = floor + 2 * h
+    apex = top + w + 0.08  # a 45° gable roof, ridge along x
+    roof = sdf.intersect(sdf.box((0, top + 0.3, 0), (w + 0.08, 0.3, w + 0.08)),
+                         sdf.intersect(sdf.half_space((0.0, 0.707, 0.707), 0.707 * apex),
+                                       sdf.half_space((0.0, 0.707, -0.707), 0.707 * apex)))
+    window_y = floor + h + 0.08
     return [
-        Part("walls", sdf.box((0, -0.2, 0), (w, h, w)), c),
+        Part("walls", sdf.box((0, floor + h, 0), (w, h, w)), c),
         Part("roof", roof, (0.55, 0.18, 0.12) if c != COLOURS["red"] else DARK),
-        Part("door", sdf.box((0, -0.2 - h + 0.17, w), (0.1, 0.17, 0.03)), COLOURS["brown"]
+        Part("door", sdf.box((0, floor + 0.17, w), (0.1, 0.17, 0.03)), COLOURS["brown"]
              if c != COLOURS["brown"] else DARK),
-        Part("windows", sdf.union(sdf.box((0.3 * j[0], -0.1, w), (0.08, 0.08, 0.03)),
-                                  sdf.box((-0.3 * j[0], -0.1, w), (0.08, 0.08, 0.03))), (0.55, 0.85, 0.95)),
-        Part("chimney", sdf.box((-0.25, h + 0.25, -0.2), (0.06, 0.15, 0.06)), DARK),
+        Part("windows", sdf.union(sdf.box((0.3 * j[0], window_y, w), (0.08, 0.08, 0.03)),
+                                  sdf.box((-0.3 * j[0], window_y, w), (0.08, 0.08, 0.03))), (0.55, 0.85, 0.95)),
+        Part("chimney", sdf.box((-0.25, apex - 0.2, -0.2), (0.06, 0.12, 0.06)), DARK),
     ]
 
 
@@ -261,6 +268,7 @@ def _cube_stack(c, j, c2):
     return [
         Part("large cube", sdf.box((0, -0.3, 0), (0.34 * j[0], 0.32, 0.34 * j[2]), 0.02), c2),
         Part("small cube", sdf.box((0, 0.2 * j[1], 0.12), (0.18, 0.18 * j[1], 0.18), 0.02), c),
+        Part("front mark", sdf.box((0, -0.3, 0.34 * j[2]), (0.2, 0.2, 0.02)), _accent(c2)),
     ]
 
 

@@ -1,0 +1,24 @@
+"""Exercises and autograding: one master notebook per exercise, a generated student copy, a contained grader.
+
+Read in this order:
+
+* ``exercises`` — the master's nbgrader metadata and regions, and the student copy made from it
+  (``text3d-edu make-exercises``);
+* ``sandbox`` — running untrusted cells: private folder, time and memory limits, restart after a crash;
+* ``grader`` — a submission against its master: which cells run, how each question scores
+  (``text3d-edu grade``);
+* ``report`` — the student's feedback, the ``--json`` file and the ``--csv`` gradebook.
+"""
+
+from text3d_edu.grading.exercises import make_exercises, stale_exercises, student_copy
+from text3d_edu.grading.grader import SubmissionResult, grade_notebooks
+from text3d_edu.grading.sandbox import Limits
+
+__all__ = [
+    "Limits",
+    "SubmissionResult",
+    "grade_notebooks",
+    "make_exercises",
+    "stale_exercises",
+    "student_copy",
+]

@@ -1,0 +1,248 @@
+"""Grade submissions against their master: points per question, the failing assertion's hint, a total.
+
+For each submission:
+
+1. **find its master** in ``solutions/``: by the exercise the student copy records in its metadata, else by
+   file name (``01_nerf.ipynb``, ``alice_01_nerf.ipynb``), else by the grade_ids it shares with a master;
+2. **assemble the cells to run**: the student's code cells in the student's order, with every locked cell
+   (given code, tests) swapped for the master's original — hidden tests included. A locked cell the student
+   changed is caught by checksum against the student copy and reported; one they deleted is put back after
+   the master cell that precedes it;
+3. **run them** in the sandbox (``sandbox.run_cells``: private folder, time and memory limits, restart after a
+   crash);
+4. **score**: one question = one test cell (its ``grade_id``); it earns its ``points`` when the cell ran
+   without error, else 0 and a message — the assertion's text (the hint the master wrote) or the error's
+   name and value, never the test's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nbformat
+from jupyter_core.utils import run_sync
+
+from text3d_edu.grading.exercises import (
+    check_master,
+    checksum,
+    is_locked,
+    is_solution_cell,
+    is_test_cell,
+    nbgrader,
+    student_source,
+)
+from text3d_edu.grading.sandbox import CellOutcome, Limits, run_cells
+
+
+@dataclass
+class QuestionResult:
+    grade_id: str
+    score: float
+    max_score: float
+    passed: bool
+    message: str  # "" when passed
+
+
+@dataclass
+class SubmissionResult:
+    notebook: str  # the path as given
+    exercise: str | None  # the master's file stem; None when no master was found
+    questions: list[QuestionResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # what went wrong around the questions
+    graded: bool = True  # False: nothing could be graded (unreadable file, no master, no kernel)
+
+    @property
+    def score(self) -> float:
+        return sum(q.score for q in self.questions)
+
+    @property
+    def max_score(self) -> float:
+        return sum(q.max_score for q in self.questions)
+
+    def as_dict(self) -> dict:
+        """The submission's entry in ``grade --json``."""
+        return {
+            "notebook": self.notebook,
+            "score": self.score,
+            "max_score": self.max_score,
+            "errors": self.errors,
+            "questions": [asdict(q) for q in self.questions],
+        }
+
+
+# --- 1. the master ----------------------------------------------------------------------------------------
+
+
+def default_solutions_dir() -> Path:
+    """The repository's ``solutions/`` beside the package (a clone installed with ``pip install -e``), else
+    ``./solutions``."""
+    beside_package = Path(__file__).resolve().parents[2] / "solutions"
+    return beside_package if beside_package.is_dir() else Path("solutions")
+
+
+def load_masters(solutions: Path) -> dict[str, nbformat.NotebookNode]:
+    """{exercise (file stem): master notebook}, each checked for usable nbgrader metadata."""
+    paths = sorted(Path(solutions).glob("*.ipynb"))
+    masters = {path.stem: nbformat.read(path, as_version=4) for path in paths}
+    if not masters:
+        raise ValueError(f"no master notebooks (*.ipynb) in {solutions}; pass --solutions DIR")
+    for exercise, master in masters.items():
+        check_master(master, exercise)
+    return masters
+
+
+def _grade_ids(nb: nbformat.NotebookNode) -> set[str]:
+    return {nbgrader(cell)["grade_id"] for cell in nb.cells if nbgrader(cell).get("grade_id")}
+
+
+def find_master(path: Path, submission: nbformat.NotebookNode, masters: dict) -> str:
+    """The exercise ``submission`` answers (a key of ``masters``)."""
+    recorded = submission.metadata.get("text3d_edu", {}).get("exercise")
+    if recorded in masters:
+        return recorded
+    if path.stem in masters:
+        return path.stem
+    in_name = [exercise for exercise in masters if exercise in path.stem]
+    if len(in_name) == 1:
+        return in_name[0]
+    submitted = _grade_ids(submission)
+    shared = {exercise: len(_grade_ids(master) & submitted) for exercise, master in masters.items()}
+    best = max(shared, key=shared.get)
+    if shared[best] == 0:
+        raise ValueError(f"no master for it among {', '.join(masters)}: keep the exercise's file name")
+    return best
+
+
+# --- 2. the cells to run ----------------------------------------------------------------------------------
+
+
+def assemble(master: nbformat.NotebookNode, submission: nbformat.NotebookNode) -> tuple[list, list[str]]:
+    """[(grade_id or None, source)] to run, and notes on locked cells the student changed or deleted."""
+    originals = {nbgrader(c)["grade_id"]: c for c in master.cells if c.cell_type == "code" and nbgrader(c)}
+    cells, notes, found = [], [], set()
+    for cell in submission.cells:
+        if cell.cell_type != "code":
+            continue
+        grade_id = nbgrader(cell).get("grade_id")
+        original = originals.get(grade_id) if grade_id not in found else None
+        if original is None:  # the student's own cell, or a second copy of a master cell
+            cells.append((None, cell.source))
+            continue
+        found.add(grade_id)
+        if not is_locked(original):
+            cells.append((grade_id, cell.source))
+            continue
+        if checksum(cell.source) not in (checksum(student_source(original)), checksum(original.source)):
+            notes.append(f"locked cell '{grade_id}' was changed; the original was run")
+        cells.append((grade_id, original.source))
+    previous = None  # grade_id of the last master cell found, to put a deleted one back after it
+    for grade_id, original in originals.items():
+        if grade_id in found:
+            previous = grade_id
+        elif is_locked(original):
+            at = next((i + 1 for i, (cell_id, _) in enumerate(cells) if cell_id == previous), 0)
+            cells.insert(at, (grade_id, original.source))
+            notes.append(f"locked cell '{grade_id}' was deleted; the original was run")
+            previous = grade_id
+        else:
+            notes.append(f"solution cell '{grade_id}' is missing")
+    return cells, notes
+
+
+# --- 4. scores --------------------------------------------------------------------------------------------
+
+
+def questions(master: nbformat.NotebookNode) -> list[tuple[str, float, list[str]]]:
+    """[(grade_id, points, its solution cells)] in order. A solution cell belongs to the test cells after it,
+    up to the next solution cell that follows a test."""
+    found, solutions, test_seen = [], [], False
+    for cell in master.cells:
+        if is_solution_cell(cell):
+            solutions = (
+                [nbgrader(cell)["grade_id"]] if test_seen else [*solutions, nbgrader(cell)["grade_id"]]
+            )
+            test_seen = False
+        elif is_test_cell(cell):
+            found.append((nbgrader(cell)["grade_id"], nbgrader(cell)["points"], solutions))
+            test_seen = True
+    return found
+
+
+def describe(outcome: CellOutcome) -> str:
+    """What a student may read about a failed cell: the assertion's hint or the error, never the code."""
+    if outcome.status == "error":
+        if outcome.ename == "AssertionError" and outcome.evalue:
+            return outcome.evalue
+        if outcome.ename == "NotImplementedError" and not outcome.evalue:
+            return "NotImplementedError: not answered yet"
+        return f"{outcome.ename}: {outcome.evalue}" if outcome.evalue else outcome.ename
+    return {
+        "timeout": f"timed out after {outcome.evalue}",
+        "crash": "the kernel died (a crash, os._exit, or memory exhaustion outside the heap limit)",
+        "not run": f"not run: the notebook's time limit ({outcome.evalue}) was reached",
+    }[outcome.status]
+
+
+def score(master, cells: list, outcomes: list[CellOutcome]) -> list[QuestionResult]:
+    outcome_of = {cell_id: outcome for (cell_id, _), outcome in zip(cells, outcomes) if cell_id}
+    results = []
+    for grade_id, points, solution_ids in questions(master):
+        test = outcome_of[grade_id]
+        if test.status == "ok":
+            results.append(QuestionResult(grade_id, points, points, True, ""))
+            continue
+        message = describe(test)
+        for solution_id in solution_ids:
+            solution = outcome_of.get(solution_id)
+            if solution is not None and solution.status != "ok":
+                message += f" (solution cell '{solution_id}': {describe(solution)})"
+        results.append(QuestionResult(grade_id, 0, points, False, message))
+    return results
+
+
+# --- one submission, many submissions ---------------------------------------------------------------------
+
+
+async def grade_submission(path: Path, masters: dict, limits: Limits) -> SubmissionResult:
+    """Grade one notebook; whatever goes wrong is reported in the result, never raised."""
+    try:
+        submission = nbformat.read(path, as_version=4)
+        exercise = find_master(Path(path), submission, masters)
+    except Exception as err:  # untrusted file: anything unreadable is reported, the batch goes on
+        return SubmissionResult(str(path), None, errors=[f"could not be graded: {err}"], graded=False)
+    cells, notes = assemble(masters[exercise], submission)
+    try:
+        outcomes, sandbox_notes = await run_cells([source for _, source in cells], Path(path), limits)
+    except Exception as err:  # no kernel: nothing ran
+        return SubmissionResult(str(path), exercise, errors=[f"could not be graded: {err!r}"], graded=False)
+    results = score(masters[exercise], cells, outcomes)
+    return SubmissionResult(str(path), exercise, results, notes + sandbox_notes)
+
+
+def grade_notebooks(
+    paths: Iterable[Path],
+    solutions: Path | None = None,
+    limits: Limits | None = None,
+    jobs: int = 1,
+    on_result: Callable[[SubmissionResult], None] | None = None,
+) -> list[SubmissionResult]:
+    """Grade ``paths`` (``jobs`` kernels at a time); results in the order given. ``on_result`` sees each
+    result as soon as it is ready (to print progress)."""
+    masters = load_masters(solutions or default_solutions_dir())
+
+    async def grade_all() -> list[SubmissionResult]:
+        gate = asyncio.Semaphore(jobs)
+
+        async def one(path: Path) -> SubmissionResult:
+            async with gate:
+                result = await grade_submission(Path(path), masters, limits or Limits())
+            if on_result:
+                on_result(result)
+            return result
+
+        return await asyncio.gather(*(one(path) for path in paths))
+
+    return run_sync(grade_all)()
