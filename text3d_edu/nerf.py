@@ -87,14 +87,15 @@ def fit(field_: torch.nn.Module, cameras: Cameras, images: torch.Tensor, config:
         loss.backward()
         optimiser.step()
         seconds += time.perf_counter() - start
-        if step % config.eval_every == 0 or step == config.steps:
+        out_of_time = config.seconds_budget is not None and seconds >= config.seconds_budget
+        if step % config.eval_every == 0 or step == config.steps or out_of_time:
             history["step"].append(step)
             history["seconds"].append(seconds)
             history["loss"].append(loss.item())
             if heldout is not None:
                 history["psnr_heldout"].append(evaluate(field_, *heldout, config.n_samples, background))
                 bar.set_postfix(psnr=f"{history['psnr_heldout'][-1]:.1f} dB")
-        if config.seconds_budget is not None and seconds >= config.seconds_budget:
+        if out_of_time:
             break
     return history
 
