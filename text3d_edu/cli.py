@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
@@ -68,9 +67,91 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     if args.csv:
         report.write_csv(results, args.csv)
     failed = [r.notebook for r in results if not r.graded]
+    written = [str(path) for path in (args.json, args.csv) if path]
     print(f"graded {len(results) - len(failed)} of {len(results)} notebooks"
-          + (f"; not graded: {', '.join(failed)}" if failed else ""))
+          + (f"; not graded: {', '.join(failed)}" if failed else "")
+          + (f"; results in {' and '.join(written)}" if written else ""))
     return 1 if failed else 0
+
+
+def _cmd_train_pocket(args: argparse.Namespace) -> int:
+    from text3d_edu.priors.train import TrainingDiverged, train_pocket
+
+    command = "text3d-edu " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("text3d-edu") else ""
+    try:
+        stats = train_pocket(args.out, args.weights_dir, clip_steps=args.clip_steps, unet_steps=args.unet_steps,
+                             seed=args.seed, resume=args.resume, threads=args.threads, workers=args.workers,
+                             command=command or f"text3d-edu train-pocket --clip-steps {args.clip_steps} "
+                             f"--unet-steps {args.unet_steps} --seed {args.seed}")
+    except TrainingDiverged as err:
+        print(f"text3d-edu train-pocket: stopped: {err}", file=sys.stderr)
+        return 1
+    print(f"trained in {stats['minutes']['total']:.1f} min; weights and pocket_priors.json written "
+          f"to {args.weights_dir or 'text3d_edu/weights'}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+    from torchvision.utils import save_image
+
+    from text3d_edu.priors import load_diffusion
+    from text3d_edu.priors.real import WeightsUnavailable
+
+    torch.set_num_threads(args.threads)
+    try:
+        prior = load_diffusion(args.backend) if args.backend == "pocket" else load_diffusion(
+            args.backend, model_id=args.model_id)
+    except WeightsUnavailable as err:
+        print(f"text3d-edu sample: {err}", file=sys.stderr)
+        return 2
+    generator = torch.Generator().manual_seed(args.seed)
+    images = prior.sample([args.prompt], n=args.n, guidance=args.guidance, steps=args.steps, generator=generator)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / (args.prompt.replace(" ", "_").replace(",", "") + ".png")
+    save_image(images, path, nrow=min(args.n, 8), padding=1)
+    print(f"{args.n} samples of {args.prompt!r} (ω = {args.guidance}, {args.steps} DDIM steps) written to {path}")
+    return 0
+
+
+def _cmd_similarity(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from text3d_edu.priors import load_clip
+    from text3d_edu.priors.real import WeightsUnavailable
+
+    try:
+        clip = load_clip(args.backend)
+    except WeightsUnavailable as err:
+        print(f"text3d-edu similarity: {err}", file=sys.stderr)
+        return 2
+    if args.images:
+        names = args.images
+        images = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255)
+                              .permute(2, 0, 1) for p in names])  # (B, 3, H, W); same-size images
+    else:
+        from text3d_edu.cameras import orbit_cameras
+        from text3d_edu.toyworld import parse_caption
+        from text3d_edu.world_render import render
+
+        names = [f"render of {c!r}" for c in args.captions]
+        cams = orbit_cameras([30.0], 20.0, resolution=clip.image_size)
+        images = torch.cat([render(parse_caption(c), cams)["rgb"] for c in args.captions]).permute(0, 3, 1, 2)
+    texts = args.texts or args.captions
+    if not texts:
+        raise ValueError("give --texts (and --images), or captions of world objects to render")
+    scores = clip.similarity(images, texts)  # (B_img, B_txt)
+    width = max(len(t) for t in texts)
+    for name, row in zip(names, scores.tolist()):
+        print(name)
+        for text, score in zip(texts, row):
+            print(f"  {text:<{width}}  {score:+.3f}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,16 +182,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_exercises)
 
     p = sub.add_parser("grade", help="grade notebooks against their masters (a class's, or your own)")
-    p.add_argument("notebooks", nargs="+", type=Path)
-    p.add_argument("--solutions", type=Path, help="masters; default: the repository's solutions/")
-    p.add_argument("--json", type=Path, help="write every result to this JSON file")
-    p.add_argument("--csv", type=Path, help="write a gradebook (one row per notebook) to this CSV file")
+    p.add_argument("notebooks", nargs="+")
+    p.add_argument("--solutions", help="masters; default: the repository's solutions/")
+    p.add_argument("--json", help="write every result to this JSON file")
+    p.add_argument("--csv", help="write a gradebook (one row per notebook) to this CSV file")
     p.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (one kernel each)")
     p.add_argument("--timeout", type=float, default=120, help="seconds per cell")
     p.add_argument("--notebook-timeout", type=float, default=900, help="seconds per notebook")
     p.add_argument("--memory-mb", type=int, default=4096,
                    help="heap limit per notebook (Linux); importing torch alone needs ~1000")
     p.set_defaults(func=_cmd_grade)
+
+    p = sub.add_parser("train-pocket", help="train the pocket CLIP and diffusion priors (≈ 45 min on 2 cores)")
+    p.add_argument("--out", default="runs/pocket_priors", help="checkpoints and the cached renders")
+    p.add_argument("--weights-dir", default=None, help="where the safetensors go (default: the package's)")
+    p.add_argument("--clip-steps", type=int, default=2500)
+    p.add_argument("--unet-steps", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.set_defaults(func=_cmd_train_pocket)
+
+    p = sub.add_parser("sample", help="sample images from a diffusion prior into a PNG grid")
+    p.add_argument("prompt", help='e.g. "a red mug" or "a red mug, back view"')
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--out", default="outputs/samples")
+    p.add_argument("--guidance", type=float, default=5.0, help="ω in ε̂ = (1+ω)ε(x;y,t) − ωε(x;t)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backend", choices=["pocket", "stable-diffusion"], default="pocket")
+    p.add_argument("--model-id", default="stabilityai/stable-diffusion-2-1-base")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("similarity", help="CLIP text–image scores of images (or renders of world captions)")
+    p.add_argument("captions", nargs="*", help="world captions to render and score (when --images is absent)")
+    p.add_argument("--images", nargs="+", help="image files (same size)")
+    p.add_argument("--texts", nargs="+", help="texts to score against (default: the captions)")
+    p.add_argument("--backend", choices=["pocket", "openclip"], default="pocket")
+    p.set_defaults(func=_cmd_similarity)
 
     return parser
 

@@ -128,9 +128,9 @@ def check_master(master: nbformat.NotebookNode, name: str) -> None:
             seen.add(meta["grade_id"])
         if meta.get("grade") and meta.get("solution"):
             raise ValueError(f"{where}: manually graded answers (grade and solution) are not autogradable")
-        if is_test_cell(cell) and (
-            cell.cell_type != "code" or not meta.get("locked") or "points" not in meta
-        ):
+        if meta.get("solution") and meta.get("locked"):
+            raise ValueError(f"{where}: a solution cell cannot be locked")
+        if is_test_cell(cell) and (cell.cell_type != "code" or not meta.get("locked") or "points" not in meta):
             raise ValueError(f"{where}: a test cell must be a locked code cell with points")
         has_region = any(_BEGIN_SOLUTION.match(line) for line in cell.source.splitlines())
         if cell.cell_type == "code" and has_region and not is_solution_cell(cell):
@@ -168,10 +168,7 @@ def _generated(solutions: Path) -> dict[str, str]:
     masters = sorted(Path(solutions).glob("*.ipynb"))
     if not masters:
         raise ValueError(f"no master notebooks (*.ipynb) in {solutions}")
-    return {
-        path.name: notebook_text(student_copy(nbformat.read(path, as_version=4), path.stem))
-        for path in masters
-    }
+    return {path.name: notebook_text(student_copy(nbformat.read(path, as_version=4), path.stem)) for path in masters}
 
 
 def make_exercises(solutions: Path, out: Path) -> list[Path]:

@@ -73,7 +73,7 @@ class SubmissionResult:
         }
 
 
-# --- 1. the master ----------------------------------------------------------------------------------------
+# --- the master -------------------------------------------------------------------------------------------
 
 
 def default_solutions_dir() -> Path:
@@ -116,7 +116,7 @@ def find_master(path: Path, submission: nbformat.NotebookNode, masters: dict) ->
     return best
 
 
-# --- 2. the cells to run ----------------------------------------------------------------------------------
+# --- the cells to run -------------------------------------------------------------------------------------
 
 
 def assemble(master: nbformat.NotebookNode, submission: nbformat.NotebookNode) -> tuple[list, list[str]]:
@@ -152,7 +152,7 @@ def assemble(master: nbformat.NotebookNode, submission: nbformat.NotebookNode) -
     return cells, notes
 
 
-# --- 4. scores --------------------------------------------------------------------------------------------
+# --- scores -----------------------------------------------------------------------------------------------
 
 
 def questions(master: nbformat.NotebookNode) -> list[tuple[str, float, list[str]]]:
@@ -161,9 +161,7 @@ def questions(master: nbformat.NotebookNode) -> list[tuple[str, float, list[str]
     found, solutions, test_seen = [], [], False
     for cell in master.cells:
         if is_solution_cell(cell):
-            solutions = (
-                [nbgrader(cell)["grade_id"]] if test_seen else [*solutions, nbgrader(cell)["grade_id"]]
-            )
+            solutions = [nbgrader(cell)["grade_id"]] if test_seen else [*solutions, nbgrader(cell)["grade_id"]]
             test_seen = False
         elif is_test_cell(cell):
             found.append((nbgrader(cell)["grade_id"], nbgrader(cell)["points"], solutions))
@@ -181,7 +179,7 @@ def describe(outcome: CellOutcome) -> str:
         return f"{outcome.ename}: {outcome.evalue}" if outcome.evalue else outcome.ename
     return {
         "timeout": f"timed out after {outcome.evalue}",
-        "crash": "the kernel died (a crash, os._exit, or memory exhaustion outside the heap limit)",
+        "crash": "the kernel died (a crash, os._exit, or memory outside the heap limit)",
         "not run": f"not run: the notebook's time limit ({outcome.evalue}) was reached",
     }[outcome.status]
 
@@ -197,7 +195,7 @@ def score(master, cells: list, outcomes: list[CellOutcome]) -> list[QuestionResu
         message = describe(test)
         for solution_id in solution_ids:
             solution = outcome_of.get(solution_id)
-            if solution is not None and solution.status != "ok":
+            if solution is not None and solution.status in ("error", "timeout", "crash"):
                 message += f" (solution cell '{solution_id}': {describe(solution)})"
         results.append(QuestionResult(grade_id, 0, points, False, message))
     return results
@@ -215,22 +213,27 @@ async def grade_submission(path: Path, masters: dict, limits: Limits) -> Submiss
         return SubmissionResult(str(path), None, errors=[f"could not be graded: {err}"], graded=False)
     cells, notes = assemble(masters[exercise], submission)
     try:
-        outcomes, sandbox_notes = await run_cells([source for _, source in cells], Path(path), limits)
+        outcomes = await run_cells([source for _, source in cells], Path(path), limits)
     except Exception as err:  # no kernel: nothing ran
-        return SubmissionResult(str(path), exercise, errors=[f"could not be graded: {err!r}"], graded=False)
-    results = score(masters[exercise], cells, outcomes)
-    return SubmissionResult(str(path), exercise, results, notes + sandbox_notes)
+        return SubmissionResult(str(path), exercise, errors=[f"could not be graded: {err}"], graded=False)
+    for index, ((cell_id, _), outcome) in enumerate(zip(cells, outcomes)):
+        if outcome.kernel_lost:
+            where = f"cell '{cell_id}'" if cell_id else f"code cell {index + 1}"
+            notes.append(f"{where}: {describe(outcome)}; a new kernel re-ran the cells before it")
+    return SubmissionResult(str(path), exercise, score(masters[exercise], cells, outcomes), notes)
 
 
 def grade_notebooks(
-    paths: Iterable[Path],
-    solutions: Path | None = None,
+    paths: Iterable[str | Path],
+    solutions: str | Path | None = None,
     limits: Limits | None = None,
     jobs: int = 1,
     on_result: Callable[[SubmissionResult], None] | None = None,
 ) -> list[SubmissionResult]:
     """Grade ``paths`` (``jobs`` kernels at a time); results in the order given. ``on_result`` sees each
     result as soon as it is ready (to print progress)."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
     masters = load_masters(solutions or default_solutions_dir())
 
     async def grade_all() -> list[SubmissionResult]:

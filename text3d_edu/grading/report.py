@@ -26,12 +26,12 @@ def feedback(result: SubmissionResult) -> str:
     return "\n".join(lines)
 
 
-def write_json(results: list[SubmissionResult], path: Path) -> None:
+def write_json(results: list[SubmissionResult], path: str | Path) -> None:
     payload = {"submissions": [result.as_dict() for result in results]}
     Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
-def write_csv(results: list[SubmissionResult], path: Path) -> None:
+def write_csv(results: list[SubmissionResult], path: str | Path) -> None:
     """One row per submission; one column per question (grade_id), empty where it does not apply."""
     grade_ids = list(dict.fromkeys(q.grade_id for result in results for q in result.questions))
     with open(path, "w", newline="", encoding="utf-8") as f:

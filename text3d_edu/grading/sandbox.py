@@ -92,6 +92,7 @@ class _Kernel:
             interrupt_on_timeout=True,
             error_on_timeout={"ename": _TIMEOUT_ENAME, "evalue": "", "traceback": []},
             shutdown_kernel="immediate",
+            iopub_timeout=1,  # outputs still in flight after a reply are dropped anyway
             log=_log,
         )
         self.client.on_cell_executed = self._keep_reply
@@ -114,7 +115,8 @@ class _Kernel:
         return self
 
     async def stop(self) -> None:
-        await self.client._async_cleanup_kernel()
+        if self.client.km is not None:  # not stopped yet (nbclient forgets the manager once it has)
+            await self.client._async_cleanup_kernel()
 
     async def run(self, source: str, timeout: float) -> CellOutcome:
         self.reply = None
@@ -134,24 +136,20 @@ class _Kernel:
         return CellOutcome("error", self.reply["ename"], self.reply["evalue"])
 
 
-async def run_cells(
-    sources: list[str], notebook: Path, limits: Limits
-) -> tuple[list[CellOutcome], list[str]]:
+async def run_cells(sources: list[str], notebook: Path, limits: Limits) -> list[CellOutcome]:
     """Execute ``sources`` in order next to a copy of ``notebook`` in a fresh temporary folder.
 
-    Returns one ``CellOutcome`` per source and notes on what had to be done (kernel restarts). A kernel that
-    fails to start raises: then nothing could be graded.
+    Returns one ``CellOutcome`` per source. A kernel that fails to start raises: nothing could be graded.
     """
     deadline = time.monotonic() + limits.notebook_timeout
     outcomes: list[CellOutcome] = []
-    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="text3d-grade-", ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp) / "work"  # so that "../" is still the private folder
         workdir.mkdir()
         shutil.copyfile(notebook, workdir / Path(notebook).name)
         kernel = await _Kernel(workdir, limits).start()
         try:
-            for index, source in enumerate(sources):
+            for source in sources:
                 budget = min(limits.cell_timeout, deadline - time.monotonic())
                 if budget <= 0:
                     outcomes.append(CellOutcome("not run", evalue=f"{limits.notebook_timeout:g} s"))
@@ -160,14 +158,10 @@ async def run_cells(
                 outcomes.append(outcome)
                 if outcome.kernel_lost:
                     replay = [src for src, done in zip(sources, outcomes) if done.completed]
-                    notes.append(
-                        f"cell {index}: {outcome.status}; the kernel was replaced and the "
-                        f"{len(replay)} cells that had completed before it were run again"
-                    )
                     kernel = await _replace(kernel, replay, deadline, limits)
         finally:
             await kernel.stop()
-    return outcomes, notes
+    return outcomes
 
 
 async def _replace(kernel: _Kernel, replay: list[str], deadline: float, limits: Limits) -> _Kernel:
