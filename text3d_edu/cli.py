@@ -77,12 +77,12 @@ def _cmd_grade(args: argparse.Namespace) -> int:
 def _cmd_train_pocket(args: argparse.Namespace) -> int:
     from text3d_edu.priors.train import TrainingDiverged, train_pocket
 
-    command = "text3d-edu " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("text3d-edu") else ""
+    command = (f"text3d-edu train-pocket --clip-steps {args.clip_steps} --unet-steps {args.unet_steps} "
+               f"--seed {args.seed} --threads {args.threads} --workers {args.workers}")
     try:
         stats = train_pocket(args.out, args.weights_dir, clip_steps=args.clip_steps, unet_steps=args.unet_steps,
                              seed=args.seed, resume=args.resume, threads=args.threads, workers=args.workers,
-                             command=command or f"text3d-edu train-pocket --clip-steps {args.clip_steps} "
-                             f"--unet-steps {args.unet_steps} --seed {args.seed}")
+                             command=command)
     except TrainingDiverged as err:
         print(f"text3d-edu train-pocket: stopped: {err}", file=sys.stderr)
         return 1
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=5.0, help="ω in ε̂ = (1+ω)ε(x;y,t) − ωε(x;t)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (a tiny U-Net gains little from more)")
     p.add_argument("--backend", choices=["pocket", "stable-diffusion"], default="pocket")
     p.add_argument("--model-id", default="stabilityai/stable-diffusion-2-1-base")
     p.set_defaults(func=_cmd_sample)

@@ -105,6 +105,7 @@ class Conditioning:
 
     @staticmethod
     def cat(conditions: list[Conditioning]) -> Conditioning:
+        """Stack conditions along the batch: rows (B₁,), (B₂,), … → (B₁ + B₂ + …,)."""
         pooled = None if conditions[0].pooled is None else torch.cat([c.pooled for c in conditions])
         return Conditioning(torch.cat([c.hidden_states for c in conditions]), pooled)
 

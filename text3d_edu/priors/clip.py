@@ -70,10 +70,6 @@ class OpenCLIPPrior(TextImagePrior):
         images = resize(check_images(images).to(self.device), self.image_size)
         return F.normalize(self.model.encode_image((images - self.mean) / self.std).float(), dim=-1)
 
-    def logits(self, images: Tensor, texts: list[str]) -> Tensor:
-        """CLIP's logits (B_img, B_txt): similarity × the learned temperature exp(τ)."""
-        return self.model.logit_scale.exp() * self.similarity(images, texts)
-
     @torch.no_grad()
     def classify(self, images: Tensor, texts: list[str]) -> Tensor:
         """Zero-shot classification: the index (B_img,) of the best-matching caption for each image."""

@@ -34,44 +34,72 @@ def view_suffix(label: str) -> str:
     return f", {label} view"
 
 
+def _render_object(i: int, offset: int) -> dict:
+    """Object ``i`` of a data set (kind and colour cycle; form, jitter and cameras seeded by offset + i)."""
+    from text3d_edu.world_render import render
+
+    kinds, colours, forms = list(KINDS), list(COLOURS), list(FORMS)
+    rng = random.Random(offset + i)
+    kind, colour = kinds[i % len(kinds)], colours[(i // len(kinds)) % len(colours)]
+    form = rng.choice(forms[1:]) if rng.random() < 0.4 else ""
+    obj = make_object(kind, colour, form, seed=offset + i + 1)
+    cams = sample_cameras(_VIEWS[0], torch.Generator().manual_seed(offset + i), elevation_range=ELEVATION_RANGE,
+                          radius_range=RADIUS_RANGE, resolution=RESOLUTION)
+    rgb = render(obj, cams)["rgb"]  # (V, 32, 32, 3)
+    return {"index": i, "images": (rgb.permute(0, 3, 1, 2) * 255).round().to(torch.uint8), "kind": kinds.index(kind),
+            "colour": colours.index(colour), "caption": obj.caption, "short_caption": obj.short_caption,
+            "view": [view_label(a, e) for a, e in zip(cams.azimuth.tolist(), cams.elevation.tolist())]}
+
+
+_VIEWS = [12]  # views per object, set by render_dataset (also in worker processes, through _init_worker)
+
+
+def _init_worker(views: int) -> None:
+    torch.set_num_threads(1)
+    _VIEWS[0] = views
+
+
+def _render_chunk(args: tuple[list[int], int]) -> list[dict]:
+    indices, offset = args
+    return [_render_object(i, offset) for i in indices]
+
+
 def render_dataset(n_objects: int, views_per_object: int, seed: int = 0, held_out: bool = False,
-                   cache_dir: str | Path | None = None, progress: bool = False) -> dict:
+                   cache_dir: str | Path | None = None, progress: bool = False, workers: int = 1) -> dict:
     """Render ``n_objects`` × ``views_per_object`` images of balanced kinds × colours.
 
     Returns {"images": uint8 (N, 3, 32, 32), "kind": long (N,), "colour": long (N,), "caption": list[str] (N,)
     full captions, "short_caption": list[str] (N,), "view": list[str] (N,) view labels}, N = n_objects·views.
-    Deterministic in (n_objects, views_per_object, seed, held_out); cached as a .pt file in ``cache_dir``.
+    Deterministic in (n_objects, views_per_object, seed, held_out) whatever the number of ``workers``
+    (processes); cached as a .pt file in ``cache_dir``.
     """
     name = f"pocket_{'heldout' if held_out else 'train'}_{n_objects}x{views_per_object}_s{seed}_r{RESOLUTION}.pt"
     if cache_dir is not None and (Path(cache_dir) / name).exists():
         return torch.load(Path(cache_dir) / name)
     offset = seed * 100_003 + (HELD_OUT_SEED_OFFSET if held_out else 0)
-    rng = random.Random(offset)
-    generator = torch.Generator().manual_seed(offset)
-    kinds, colours, forms = list(KINDS), list(COLOURS), list(FORMS)
-    data: dict = {"images": [], "kind": [], "colour": [], "caption": [], "short_caption": [], "view": []}
-    iterator = range(n_objects)
-    if progress:
-        from tqdm.auto import tqdm
+    if workers > 1:
+        chunks = [(list(range(k, n_objects, 8 * workers)), offset) for k in range(8 * workers)]
+        import multiprocessing
 
-        iterator = tqdm(iterator, desc="rendering the Pocket World", mininterval=10)
-    from text3d_edu.world_render import render
+        with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (views_per_object,)) as pool:
+            objects = [o for chunk in pool.map(_render_chunk, chunks) for o in chunk]
+    else:
+        _VIEWS[0] = views_per_object
+        indices = range(n_objects)
+        if progress:
+            from tqdm.auto import tqdm
 
-    for i in iterator:
-        kind, colour = kinds[i % len(kinds)], colours[(i // len(kinds)) % len(colours)]
-        form = rng.choice(forms[1:]) if rng.random() < 0.4 else ""
-        obj = make_object(kind, colour, form, seed=offset + i + 1)
-        cams = sample_cameras(views_per_object, generator, elevation_range=ELEVATION_RANGE,
-                              radius_range=RADIUS_RANGE, resolution=RESOLUTION)
-        rgb = render(obj, cams)["rgb"]  # (V, 32, 32, 3)
-        data["images"].append((rgb.permute(0, 3, 1, 2) * 255).round().to(torch.uint8))
-        data["kind"] += [kinds.index(kind)] * views_per_object
-        data["colour"] += [colours.index(colour)] * views_per_object
-        data["caption"] += [obj.caption] * views_per_object
-        data["short_caption"] += [obj.short_caption] * views_per_object
-        data["view"] += [view_label(a, e) for a, e in zip(cams.azimuth.tolist(), cams.elevation.tolist())]
-    data["images"] = torch.cat(data["images"])
-    data["kind"], data["colour"] = torch.tensor(data["kind"]), torch.tensor(data["colour"])
+            indices = tqdm(indices, desc="rendering the Pocket World", mininterval=10)
+        objects = [_render_object(i, offset) for i in indices]
+    objects.sort(key=lambda o: o["index"])  # the interleaved chunks come back chunk by chunk
+    data = {
+        "images": torch.cat([o["images"] for o in objects]),
+        "kind": torch.tensor([o["kind"] for o in objects]).repeat_interleave(views_per_object),
+        "colour": torch.tensor([o["colour"] for o in objects]).repeat_interleave(views_per_object),
+        "caption": [o["caption"] for o in objects for _ in range(views_per_object)],
+        "short_caption": [o["short_caption"] for o in objects for _ in range(views_per_object)],
+        "view": [v for o in objects for v in o["view"]],
+    }
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         torch.save(data, Path(cache_dir) / name)

@@ -36,7 +36,7 @@ POCKET_UNET_CONFIG = {
     "sample_size": IMAGE_SIZE,
     "in_channels": 3,
     "out_channels": 3,
-    "block_out_channels": (32, 64, 128),  # 32×32 → 16×16 → 8×8
+    "block_out_channels": (32, 64, 64),  # 32×32 → 16×16 → 8×8
     "layers_per_block": 1,
     "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
     "mid_block_type": "UNetMidBlock2DCrossAttn",
