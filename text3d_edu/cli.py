@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-view-prompt", action="store_true", help="do not append ', front view' etc. (Janus!)")
     p.add_argument("--backend", choices=["pocket", "stable-diffusion"], default="pocket")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1 is safest on a busy machine)")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("nerf", help="fit a NeRF to posed views of a Pocket World object (lecture 01)")
