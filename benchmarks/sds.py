@@ -5,8 +5,9 @@
 - render_fwd_bwd_seconds: rendering the same batch and backpropagating into the grid;
 - overhead_ratio = step / (U-Net forward + render fwd+bwd): 1.0 means SDS adds nothing but those two;
 - jacobian_step_seconds: the same step with the U-Net Jacobian (backprop through the U-Net);
-- peak_mb_sds / peak_mb_jacobian: peak resident memory above the pre-step baseline during each kind of step
-  (Linux VmHWM, reset through /proc/self/clear_refs).
+- peak_mb_sds / peak_mb_jacobian: peak resident memory (Linux VmHWM) above the baseline after loading, while
+  running 3 steps of each kind, each measured in a fresh Python process so that the allocator's cache from one
+  measurement does not hide the other.
 
     python benchmarks/sds.py [--steps 20] [--threads 2]
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peak-of", choices=["sds", "jacobian"], help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -88,12 +92,17 @@ def main() -> None:
             optimiser.step()
         return run
 
-    def peak_mb(fn) -> float:
+    if args.peak_of:
         baseline = _status_mb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM, the peak resident set size
         for _ in range(3):
-            fn()
-        return round(_status_mb("VmHWM") - baseline, 1)
+            step(args.peak_of == "jacobian")()
+        print(round(_status_mb("VmHWM") - baseline, 1))
+        return
+
+    def peak_mb(kind: str) -> float:
+        command = [sys.executable, __file__, "--threads", str(args.threads), "--peak-of", kind]
+        return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
     unet = median_seconds(unet_forward, args.steps)
     render_time = median_seconds(render_fwd_bwd, args.steps)
@@ -107,7 +116,7 @@ def main() -> None:
         "overhead_ratio": round(sds_step / (unet + render_time), 3),
         "jacobian_step_seconds": round(jacobian_step, 4),
         "jacobian_slowdown": round(jacobian_step / sds_step, 2),
-        "peak_mb_sds": peak_mb(step(False)), "peak_mb_jacobian": peak_mb(step(True)),
+        "peak_mb_sds": peak_mb("sds"), "peak_mb_jacobian": peak_mb("jacobian"),
     }))
 
 
