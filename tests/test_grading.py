@@ -342,10 +342,11 @@ def test_unreadable_or_unknown_notebooks_are_reported_not_graded(broken):
 
 def test_the_notebook_time_limit_stops_the_remaining_cells(tmp_path):
     path = write(break_cell(model_answer(WARMUP), *BROKEN["endless_loop"]), tmp_path / "00_warmup.ipynb")
-    [result] = grader.grade_notebooks([path], solutions=FIXTURES / "solutions", limits=Limits(5, 3))
+    # a generous notebook limit, so that the cells before the loop finish in time even on a busy machine
+    [result] = grader.grade_notebooks([path], solutions=FIXTURES / "solutions", limits=Limits(60, 10))
     outcome = _outcome(result)
-    assert "timed out after 3 s" in outcome["exclusive_cumprod_test"][1]
-    assert outcome["softplus_test"] == (False, "not run: the notebook's time limit (3 s) was reached")
+    assert re.search(r"timed out after \d+ s", outcome["exclusive_cumprod_test"][1])
+    assert outcome["softplus_test"] == (False, "not run: the notebook's time limit (10 s) was reached")
 
 
 # --- what students and instructors read -----------------------------------------------------------------------
