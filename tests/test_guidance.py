@@ -129,5 +129,5 @@ def test_generate_rejects_bad_input_and_stops_on_nan(tmp_path):
         GenerateConfig(steps=-1)
     with pytest.raises(ValueError, match="unknown method"):
         GenerateConfig(method="vsd-typo")
-    with pytest.raises(FloatingPointError, match="learning rate"):
-        generate("a red mug", None, GenerateConfig(steps=3, lr=float("nan")), progress=False)
+    with pytest.raises(FloatingPointError, match="guidance weight"):
+        generate("a red mug", None, GenerateConfig(steps=3, sds=SDSConfig(guidance=float("nan"))), progress=False)
