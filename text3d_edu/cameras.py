@@ -115,7 +115,7 @@ def sample_cameras(
 
 def view_label(azimuth: float, elevation: float = 0.0, overhead_above: float = 60.0) -> str:
     """DreamFusion's view-dependent prompt label: 'overhead' above ``overhead_above`` degrees of elevation,
-    else 'front' for |φ| < 45°, 'back' for |φ| > 135°, 'side' in between (φ wrapped to (−180°, 180°])."""
+    else 'front' for |φ| < 45°, 'back' for |φ| > 135°, 'side' in between (φ wrapped to [−180°, 180°))."""
     if elevation > overhead_above:
         return "overhead"
     phi = (float(azimuth) + 180.0) % 360.0 - 180.0
