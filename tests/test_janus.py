@@ -12,14 +12,6 @@ from text3d_edu.priors import load_clip
 from text3d_edu.world_render import render
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def clip():
     return load_clip("pocket")

@@ -17,15 +17,6 @@ from text3d_edu.priors.clip import OpenCLIPPrior
 from text3d_edu.toyworld import COLOURS, KINDS, catalogue_captions
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models gain nothing from a second thread, and a shared 2-core machine loses a lot to it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def priors():
     """The shipped pocket priors, loaded with the network cut off and HF_HUB_OFFLINE=1."""
