@@ -38,7 +38,7 @@ def view_captions(prompt: str) -> list[str]:
 
 def janus_cameras(n_azimuths: int = 24, elevations: tuple[float, ...] = (0.0, 15.0, 30.0), radius: float = 3.2,
                   resolution: int = 32) -> Cameras:
-    """``n_azimuths`` evenly spaced azimuths φ ∈ (−180°, 180°] (0° = the front) at each elevation:
+    """``n_azimuths`` evenly spaced azimuths φ ∈ [−180°, 180°) (0° = the front) at each elevation:
     B = n_azimuths · len(elevations) cameras, elevation-major."""
     azimuth = torch.arange(n_azimuths) * 360.0 / n_azimuths
     azimuth = (azimuth + 180.0) % 360.0 - 180.0  # wrap to [−180°, 180°)
