@@ -35,20 +35,23 @@ def test_report_counts_back_views_judged_front():
         janus.janus_report(["front"], [0.0])
 
 
+CAMERAS = {"n_azimuths": 24, "elevations": (15.0,)}  # one ring of 24 views keeps the test fast
+
+
 @pytest.mark.parametrize("kind", ["mug", "duck", "car"])
 def test_ground_truth_front_is_front_and_back_is_back(clip, kind):
-    report = janus.measure_object(toyworld.make_object(kind, "red"), clip)
+    report = janus.measure_object(toyworld.make_object(kind, "red"), clip, janus.janus_cameras(**CAMERAS))
     assert report.janus_score == 0.0  # no back view of the real object looks like its front
-    judged_at = dict(zip(zip(report.azimuth, map(float, janus.janus_cameras().elevation)), report.judged))
-    assert judged_at[(0.0, 15.0)] == "front" and judged_at[(-180.0, 15.0)] == "back"
+    judged_at = dict(zip(report.azimuth, report.judged))
+    assert judged_at[0.0] == "front" and judged_at[-180.0] == "back"
     assert report.view_accuracy >= 0.75
 
 
 def test_two_faced_object_scores_worse(clip):
     obj = toyworld.make_object("mug", "red")
-    cams = janus.janus_cameras()
-    mirrored = orbit_cameras(cams.azimuth + 180.0, cams.elevation, 3.2, resolution=cams.resolution)
+    cams = janus.janus_cameras(**CAMERAS)
     # the camera opposite each back camera sees the mug's front
+    mirrored = orbit_cameras(cams.azimuth + 180.0, cams.elevation, 3.2, resolution=cams.resolution)
     images = render(obj, cams)["rgb"].permute(0, 3, 1, 2)
     fronts = render(obj, mirrored)["rgb"].permute(0, 3, 1, 2)
     back = (cams.azimuth.abs() > 135.0)[:, None, None, None]
