@@ -41,7 +41,7 @@ class GenerateConfig:
     seed: int = 0
     view_prompts: bool = True
     resolution: int = 32  # render size (the pocket priors see 32×32)
-    grid_resolution: int = 32
+    grid_resolution: int | None = None  # voxels per side; None: 32 for SDS, 16 for CLIP (lecture 02, section 5)
     cameras_per_step: int = 4
     n_samples: int = 48
     lr: float = 0.05
@@ -56,6 +56,8 @@ class GenerateConfig:
             raise ValueError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.steps <= 0:
             raise ValueError(f"steps must be a positive number of optimisation steps, got {self.steps}")
+        if self.grid_resolution is None:
+            self.grid_resolution = 16 if self.method == "clip" else 32
         if self.method == "sds-jacobian":
             self.sds = SDSConfig(**{**asdict(self.sds), "unet_jacobian": True})
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from text3d_edu.cameras import sample_cameras, view_label
 from text3d_edu.toyworld import COLOURS, FORMS, KINDS, make_object
@@ -82,14 +83,13 @@ def render_dataset(n_objects: int, views_per_object: int, seed: int = 0, held_ou
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (views_per_object,)) as pool:
-            objects = [o for chunk in pool.map(_render_chunk, chunks) for o in chunk]
+            rendered = pool.imap(_render_chunk, chunks)  # in order: chunk k is objects k, k + 8·workers, …
+            rendered = tqdm(rendered, total=len(chunks), desc="rendering the Pocket World", unit="chunk",
+                            disable=not progress)
+            objects = [o for chunk in rendered for o in chunk]
     else:
         _VIEWS[0] = views_per_object
-        indices = range(n_objects)
-        if progress:
-            from tqdm.auto import tqdm
-
-            indices = tqdm(indices, desc="rendering the Pocket World", mininterval=10)
+        indices = tqdm(range(n_objects), desc="rendering the Pocket World", mininterval=10, disable=not progress)
         objects = [_render_object(i, offset) for i in indices]
     objects.sort(key=lambda o: o["index"])  # the interleaved chunks come back chunk by chunk
     data = {

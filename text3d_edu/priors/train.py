@@ -202,7 +202,7 @@ def _heldout_clip_accuracy(clip_model, seed: int, n_objects: int, workers: int =
 
 
 def train_pocket(out_dir: str | Path = "runs/pocket_priors", weights_dir: str | Path | None = None,
-                 clip_steps: int = 2500, unet_steps: int = 5000, seed: int = 0, resume: bool = False,
+                 clip_steps: int = 1500, unet_steps: int = 3200, seed: int = 0, resume: bool = False,
                  n_objects: int = 2080, views_per_object: int = 12, threads: int = 2, workers: int = 1,
                  heldout_objects: int = 130, checkpoint_every: int = 500, command: str = "") -> dict:
     """Render the data, train the CLIP then the U-Net, and write both as safetensors into ``weights_dir``
