@@ -16,6 +16,7 @@ import json
 import shutil
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ def main() -> None:
         _, metrics = generate(prompt, out, config, prior=prior, clip=clip, progress=False)
         row = {"wall_seconds": round(time.perf_counter() - started, 1),
                **{k: v for k, v in metrics.items() if k != "judged_as"},
-               "judged_as_most": max(set(metrics["judged_as"]), key=metrics["judged_as"].count)}
+               "judged_as_most": Counter(metrics["judged_as"]).most_common(1)[0][0]}
         rows.append(row)
         print(json.dumps(row), flush=True)
 

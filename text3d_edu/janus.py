@@ -61,14 +61,23 @@ class JanusReport:
     azimuth: list[float]  # (B,) degrees, φ = 0 the object's front
     truth: list[str]  # (B,) the camera's true label: front / side / back
     judged: list[str]  # (B,) the CLIP's verdict
-    janus_score: float  # fraction of back views (|φ| > 135°) judged "front"
-    view_accuracy: float  # fraction of views judged with their true label
 
     @property
     def back_views_judged_front(self) -> tuple[int, int]:
         """(how many back views were judged front, how many back views there are)."""
         backs = [j for j, t in zip(self.judged, self.truth) if t == "back"]
         return backs.count("front"), len(backs)
+
+    @property
+    def janus_score(self) -> float:
+        """The fraction of back views (|φ| > 135°) judged "front"."""
+        judged_front, n_back = self.back_views_judged_front
+        return judged_front / n_back
+
+    @property
+    def view_accuracy(self) -> float:
+        """The fraction of views judged with their true label."""
+        return sum(j == t for j, t in zip(self.judged, self.truth)) / len(self.judged)
 
     def strip(self, n_azimuths: int | None = None) -> str:
         """The verdicts as one letter per view (f / s / b), one line per elevation: a quick picture."""
@@ -83,11 +92,9 @@ def janus_report(judged: list[str], azimuth: Tensor | list[float]) -> JanusRepor
     if len(azimuth) != len(judged):
         raise ValueError(f"{len(judged)} verdicts for {len(azimuth)} azimuths")
     truth = [view_label(a) for a in azimuth]  # elevation 0: only the azimuth decides front / side / back
-    backs = [j for j, t in zip(judged, truth) if t == "back"]
-    if not backs:
+    if "back" not in truth:
         raise ValueError("no back views (|azimuth| > 135°) to score: use more azimuths (janus_cameras)")
-    return JanusReport(azimuth, truth, list(judged), backs.count("front") / len(backs),
-                       sum(j == t for j, t in zip(judged, truth)) / len(judged))
+    return JanusReport(azimuth, truth, list(judged))
 
 
 def measure_images(images: Tensor, azimuth: Tensor | list[float], prompt: str, clip: TextImagePrior) -> JanusReport:
