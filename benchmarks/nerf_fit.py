@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import text3d_edu  # noqa: F401  (before torch: it sets OMP_WAIT_POLICY=PASSIVE)
 import torch
 
 from text3d_edu import nerf, toyworld, world_render

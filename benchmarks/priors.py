@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+import text3d_edu  # noqa: F401  (before torch: it sets OMP_WAIT_POLICY=PASSIVE)
 import torch
 
 from text3d_edu.priors import data as pocket_data

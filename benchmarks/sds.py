@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import text3d_edu  # noqa: F401  (before torch: it sets OMP_WAIT_POLICY=PASSIVE)
 import torch
 
 from text3d_edu import toyworld

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -105,8 +106,10 @@ class _Kernel:
     async def start(self) -> _Kernel:
         self.client.create_kernel_manager()
         # The kernel's own stdout/stderr (C extensions, os.write) would otherwise reach the grader's terminal.
+        # OMP_WAIT_POLICY=PASSIVE: several kernels grading at once must not spin-wait on each other's cores.
         await self.client.async_start_new_kernel(
-            cwd=str(self.workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            cwd=str(self.workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
         )
         if resource is not None and hasattr(resource, "prlimit"):
             limit = self.limits.memory_mb * 2**20
