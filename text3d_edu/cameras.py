@@ -3,10 +3,11 @@
 Conventions (shared by every renderer in the package):
 - world: +y is up; every Pocket World object faces **+z** (its canonical front).
 - a camera on a sphere around the origin is given by azimuth φ (degrees; 0 = in front of the object on +z,
-  90 = on its right side on +x), elevation (degrees above the xz plane) and radius:
+  90 = on +x, the viewer's right when looking at the front; the object's own right is −x), elevation (degrees
+  above the xz plane) and radius:
   eye = r·(cos(el)·sin(φ), sin(el), cos(el)·cos(φ)).
 - camera-to-world matrices use the OpenGL / NeRF-synthetic convention: the camera looks down its −z axis,
-  +y is up in the image, +x is right.
+  +y is up and +x is right in the image.
 """
 
 from __future__ import annotations

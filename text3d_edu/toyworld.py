@@ -6,7 +6,7 @@ an optional *form* (small / large / tall / short), plus a seed that jitters its 
 follows the lecture's style: "a tall brown table", "a red mug".
 
 Every kind faces **+z** and has a canonical front that differs from its back (a drawer, a face, a door, a
-handle on its right, headlights, ...): the Janus lecture (06) needs that to tell a front from a back.
+handle on the +x side, headlights, ...): the Janus lecture (06) needs that to tell a front from a back.
 
     >>> obj = make_object("mug", "red", form="tall")
     >>> obj.caption
@@ -153,7 +153,8 @@ def _mug(c, j):
     handle = sdf.intersect(ring, sdf.half_space((-1, 0, 0), -(r - 0.03)))  # only the half outside the body
     label = sdf.intersect(sdf.cylinder((0, 0, 0), r + 0.015, h * 0.45), sdf.box((0, 0, r), (0.17, h, 0.2)))
     label_colour = COLOURS["white"] if c != COLOURS["white"] else COLOURS["red"]
-    # the handle is on the mug's right (+x) and a printed label on its front (+z)
+    # the handle is on +x (the viewer's right when looking at the front; the mug's own right is −x)
+    # and a printed label on its front (+z)
     return [Part("body", body, c), Part("handle", handle, c), Part("label", label, label_colour)]
 
 

@@ -6,6 +6,10 @@
   in the latent space of a VAE: x_0 = VAE.encode(image) × scaling_factor, (B, 4, H/8, W/8), and
   image = VAE.decode(x_0 / scaling_factor). ε_φ is a ``UNet2DConditionModel`` cross-attending to CLIP text
   token features (B, 77, 768 or 1024). Guidance: ``guided_noise`` with ω = diffusers' guidance_scale − 1.
+  Half-precision weights (``load_stable_diffusion(dtype=torch.float16)``) are handled as threestudio's
+  ``StableDiffusionGuidance`` does (``encode_images``, ``forward_unet``, ``decode_latents``): inputs are cast to
+  the VAE's / U-Net's dtype at the call and the outputs back to the caller's dtype, so images, x_t, ε and the SDS
+  gradient that reaches the float32 3D field stay float32.
 
 Both classes take their components, so tests build tiny random ones of the same classes (as diffusers'
 ``get_dummy_components()`` does) and run this code on CPU. The loaders look for weights in the Hugging Face
@@ -150,7 +154,9 @@ class StableDiffusionPrior(DiffusionPrior):
         """ε_φ(x_t; y, t): latents x_t (B, 4, h, w), t int or (B,), cond (B or 1 rows) → ε (B, 4, h, w)."""
         batch = self.check_model_input(x_t).shape[0]
         t = self.timesteps_for(t, batch).to(self.device)
-        out = self.unet(x_t, t, encoder_hidden_states=cond.expand(batch).hidden_states).sample
+        dtype = self.unet.dtype  # the weights' dtype (float16 for half precision); ε comes back in x_t's dtype
+        out = self.unet(x_t.to(dtype), t, encoder_hidden_states=cond.expand(batch).hidden_states.to(dtype))
+        out = out.sample.to(x_t.dtype)  # (B, 4, h, w)
         if self.prediction_type == "v_prediction":  # v = √ᾱ ε − √(1−ᾱ) x_0  ⇒  ε = √ᾱ v + √(1−ᾱ) x_t
             a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1).to(x_t.dtype)
             out = a.sqrt() * out + (1 - a).sqrt() * x_t
@@ -158,13 +164,15 @@ class StableDiffusionPrior(DiffusionPrior):
 
     def images_to_model(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] → latents x_0 = VAE mean(2·image − 1) × scaling_factor, (B, 4, h, w);
-        differentiable (latent SDS backprops through the encoder)."""
-        x = resize(check_images(images).to(self.device), self.image_size) * 2 - 1
-        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+        differentiable (latent SDS backprops through the encoder); the latents have the images' dtype."""
+        x = resize(check_images(images).to(self.device), self.image_size) * 2 - 1  # (B, 3, H', W') in [−1, 1]
+        mean = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean  # (B, 4, h, w) in the VAE's dtype
+        return mean.to(images.dtype) * self.vae.config.scaling_factor
 
     def model_to_images(self, x_0: Tensor) -> Tensor:
-        """Latents (B, 4, h, w) → images (B, 3, 8h, 8w) in [0, 1]."""
-        decoded = self.vae.decode(self.check_model_input(x_0) / self.vae.config.scaling_factor).sample
+        """Latents (B, 4, h, w) → images (B, 3, 8h, 8w) in [0, 1], in the latents' dtype."""
+        z = self.check_model_input(x_0) / self.vae.config.scaling_factor
+        decoded = self.vae.decode(z.to(self.vae.dtype)).sample.to(x_0.dtype)  # (B, 3, 8h, 8w) in [−1, 1]
         return ((decoded + 1) / 2).clamp(0, 1)
 
 
@@ -173,6 +181,8 @@ def load_stable_diffusion(model_id: str = DEFAULT_STABLE_DIFFUSION, device: str 
     """Stable Diffusion from the Hugging Face cache (or a local folder, or a download when online).
 
     With no local copy and no network, raises ``WeightsUnavailable`` at once, saying how to get the weights.
+    ``dtype``: the weights' dtype (torch.float16 halves memory and time on a GPU, as threestudio's
+    ``half_precision_weights``); the prior's images, latents and ε stay float32 (see the module docstring).
     """
     local = Path(model_id).is_dir() or _cached(model_id, "model_index.json") is not None
     if not local and not hub_reachable():
