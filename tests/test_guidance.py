@@ -116,8 +116,12 @@ def test_generate_resumes_exactly_and_never_overwrites(tmp_path):
     (tmp_path / "b").mkdir()
     generate("a blue table", tmp_path / "b", GenerateConfig(steps=3, checkpoint_every=3), progress=False)
     (tmp_path / "b" / "metrics.json").unlink()  # as if the 6-step run had been interrupted after step 3
-    resumed, _ = generate("a blue table", tmp_path / "b", config, resume=True, progress=False)
+    first = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["seconds"]
+    resumed, metrics = generate("a blue table", tmp_path / "b", config, resume=True, progress=False)
     assert torch.equal(straight.log_sigma, resumed.log_sigma)
+    # the time per step counts both runs' seconds over both runs' steps
+    assert metrics["seconds"] > round(first, 1)
+    assert metrics["seconds_per_step"] == pytest.approx(metrics["seconds"] / 6, abs=0.01)
     with pytest.raises(ValueError, match="already holds a result"):
         generate("a blue table", tmp_path / "a", config, progress=False)
 

@@ -8,6 +8,8 @@ import torch
 
 from text3d_edu import janus, toyworld
 from text3d_edu.cameras import orbit_cameras
+from text3d_edu.fields import GridField
+from text3d_edu.generate import render_views
 from text3d_edu.priors import load_clip
 from text3d_edu.world_render import render
 
@@ -61,3 +63,18 @@ def test_two_faced_object_scores_worse(clip):
     assert honest.janus_score == 0.0
     assert janus_mug.janus_score >= 0.8
     assert janus_mug.view_accuracy < honest.view_accuracy
+
+
+def test_two_faced_margin_separates_two_faced_from_featureless_and_real(clip):
+    house = toyworld.make_object("house", "blue")
+    cams = janus.janus_cameras(elevations=(15.0,))
+    real = render(house, cams)["rgb"].permute(0, 3, 1, 2)
+    opposite = orbit_cameras(cams.azimuth + 180.0, cams.elevation, 3.2, resolution=32)
+    fronts = render(house, opposite)["rgb"].permute(0, 3, 1, 2)
+    is_back = (cams.azimuth.abs() > 135.0)[:, None, None, None]
+    two_faced = torch.where(is_back, fronts, real)
+    featureless = render_views(GridField(32, init="blob"), cams)  # a grey ball: the same from every side
+    margins = {name: janus.two_faced_margin(images, cams, house, clip)
+               for name, images in [("real", real), ("two-faced", two_faced), ("featureless", featureless)]}
+    assert margins["real"] < -0.9 and margins["two-faced"] > 0.9
+    assert abs(margins["featureless"]) < 0.5

@@ -69,10 +69,26 @@ class NeRFField(nn.Module):
         return sigma, rgb
 
 
+class TruncatedExp(torch.autograd.Function):
+    """exp(x) whose *gradient* is computed at min(x, 15) (Instant-NGP / torch-ngp's ``trunc_exp``): the density
+    may grow freely, while a very dense voxel cannot blow up Adam's step with an exp-sized gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=15.0))
+
+
 class GridField(nn.Module):
     """A dense grid over [−1, 1]³ storing a density logit and three colour logits per vertex.
 
-    σ(x) = exp(trilinear(grid_σ, x)) (a truncated exponential, as in Instant-NGP), c(x) = sigmoid(trilinear(grid_c, x)).
+    σ(x) = exp(trilinear(grid_σ, x)) with Instant-NGP's truncated exponential (``TruncatedExp``: the forward pass
+    is exact, the gradient is clamped), c(x) = sigmoid(trilinear(grid_c, x)).
     Colour is view-independent. ``init`` chooses the starting density: "empty" (clear space, for fitting posed
     images) or "blob" (a soft ball in the centre, the usual start for text-to-3D distillation).
     """
@@ -105,9 +121,17 @@ class GridField(nn.Module):
     def forward(self, points: Tensor, view_dirs: Tensor) -> tuple[Tensor, Tensor]:
         _check(points, view_dirs)
         inside = (points.abs() <= 1.0).all(dim=-1)
-        sigma = torch.exp(self._sample(self.log_sigma, points)[:, 0].clamp(max=9.0)) * inside
+        sigma = TruncatedExp.apply(self._sample(self.log_sigma, points)[:, 0]) * inside
         rgb = torch.sigmoid(self._sample(self.colour_logits, points))
         return sigma, rgb
+
+    def normals(self, points: Tensor) -> Tensor:
+        """Unit normals n = −∇σ / ‖∇σ‖ (N, 3) at points (N, 3), from central differences of the log-density grid
+        (∇σ ∝ ∇ log σ), read by trilinear lookup; differentiable with respect to the grid."""
+        spacing = 2.0 / (self.resolution - 1)
+        log_sigma = self.log_sigma[0, 0]  # (R, R, R), indexed [x, y, z]
+        gradient = torch.stack(torch.gradient(log_sigma, spacing=spacing), dim=0)[None]  # (1, 3, R, R, R)
+        return -F.normalize(self._sample(gradient, points), dim=-1, eps=1e-6)
 
     def total_variation(self) -> Tensor:
         """Mean squared difference between neighbouring vertices of both grids: a smoothness prior."""

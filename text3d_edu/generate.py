@@ -7,7 +7,8 @@
         θ ← θ − η ∇_θ loss                               (Adam)
 
 Methods: "clip" (Dream Fields), "sds" (DreamFusion) and "sds-jacobian" (the same with the U-Net Jacobian). After
-the loop, ``judge`` renders 8 novel views and asks the pocket CLIP which catalogue caption each one shows.
+the loop, ``judge`` renders 8 novel views and asks the pocket CLIP which catalogue caption each one shows, and
+``field_fidelity`` compares the views with the prompt's true Pocket World object (``text3d_edu.fidelity``).
 The loop shows tqdm progress, checkpoints every ``checkpoint_every`` steps, resumes, and stops on NaN.
 """
 
@@ -23,11 +24,14 @@ from tqdm.auto import tqdm
 
 from text3d_edu import toyworld
 from text3d_edu.cameras import Cameras, orbit_cameras, sample_cameras
+from text3d_edu.fidelity import fidelity, fidelity_cameras, truth_renders
 from text3d_edu.fields import GridField
 from text3d_edu.guidance.clip_loss import CLIPLossConfig, clip_loss
 from text3d_edu.guidance.sds import SDSConfig, sds_loss
 from text3d_edu.guidance.view_prompts import view_prompts
 from text3d_edu.rendering import render_image
+from text3d_edu.shading import ShadedField, sample_shading
+from text3d_edu.world_render import render
 
 METHODS = ("sds", "sds-jacobian", "clip")
 
@@ -47,6 +51,13 @@ class GenerateConfig:
     lr: float = 0.05
     elevation_range: tuple[float, float] = (-10.0, 60.0)
     radius_range: tuple[float, float] = (3.0, 3.5)
+    blob_radius: float = 0.5  # the starting density: σ = blob_density · exp(−r² / 2ρ²), ρ = blob_radius
+    blob_density: float = 10.0
+    shading: tuple[float, float, float] | None = None  # p(albedo, lambertian, textureless) per view; None: albedo
+    sparsity_weight: float = 0.0  # λ · opacity of each ray (threestudio's lambda_sparsity); see ``regularisers``
+    opaque_weight: float = 0.0  # λ · binary entropy of each ray's opacity: rays end empty or opaque, no haze
+    tv_weight: float = 0.0  # λ · total variation of the grid
+    anneal_t_max: tuple[float, float] | None = None  # (fraction of steps, t_max after it), e.g. (0.5, 0.5)
     sds: SDSConfig = field(default_factory=SDSConfig)
     clip: CLIPLossConfig = field(default_factory=CLIPLossConfig)
     checkpoint_every: int = 200
@@ -96,6 +107,14 @@ def render_views(field_: torch.nn.Module, cameras: Cameras, n_samples: int = 48)
         return render_image(field_, cameras, n_samples, toyworld.BACKGROUND)["rgb"].permute(0, 3, 1, 2)
 
 
+@torch.no_grad()
+def field_fidelity(field_: torch.nn.Module, prompt: str, truths=None, n_samples: int = 64) -> dict | None:
+    """``fidelity.fidelity`` of a field's renders from ``fidelity_cameras()`` against the prompt's true object."""
+    cameras = fidelity_cameras()
+    out = render_image(field_, cameras, n_samples, toyworld.BACKGROUND)
+    return fidelity(out["rgb"].permute(0, 3, 1, 2), out["opacity"], prompt, cameras, truths)
+
+
 class _Guidance:
     """The method's loss for a batch of renders, with prompt encodings cached (there are at most 5)."""
 
@@ -114,17 +133,49 @@ class _Guidance:
 
         return Conditioning.cat([self._conditions[p] for p in prompts])
 
-    def __call__(self, field_, cameras: Cameras, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def _render(self, field_, cameras: Cameras, background, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Render for the loss; with ``shading``, each view is lit from its own random light (DreamFusion)."""
+        c = self.config
+        if c.shading is None:
+            return render_image(field_, cameras, c.n_samples, background, perturb=True, generator=generator)
+        views = []
+        for i in range(len(cameras)):
+            mode, light = sample_shading(generator, cameras.c2w[i, :3, 3], c.shading)
+            views.append(render_image(ShadedField(field_, light, mode), cameras[i], c.n_samples, background,
+                                      perturb=True, generator=generator))
+        return {key: torch.cat([v[key] for v in views]) for key in ("rgb", "opacity")}
+
+    def __call__(self, field_, cameras: Cameras, generator: torch.Generator, sds_config: SDSConfig
+                 ) -> tuple[torch.Tensor, dict]:
         c = self.config
         if c.method == "clip":
-            out = render_image(field_, cameras, c.n_samples, None, perturb=True, generator=generator)
-            return clip_loss(self.clip, out["rgb"].permute(0, 3, 1, 2), out["opacity"], self.text_embedding,
-                             c.clip, generator)
-        out = render_image(field_, cameras, c.n_samples, toyworld.BACKGROUND, perturb=True, generator=generator)
+            out = self._render(field_, cameras, None, generator)
+            loss, info = clip_loss(self.clip, out["rgb"].permute(0, 3, 1, 2), out["opacity"], self.text_embedding,
+                                   c.clip, generator)
+            return loss, {**info, "opacity": out["opacity"]}
+        out = self._render(field_, cameras, toyworld.BACKGROUND, generator)
         prompts = view_prompts(self.prompt, cameras) if c.view_prompts else [self.prompt] * len(cameras)
         loss, info = sds_loss(self.prior, out["rgb"].permute(0, 3, 1, 2), self._condition(prompts), self.uncond,
-                              c.sds, generator)
-        return loss, {"t_mean": info["t"].float().mean().item()}
+                              sds_config, generator)
+        return loss, {"t_mean": info["t"].float().mean().item(), "opacity": out["opacity"]}
+
+
+def regularisers(field_: GridField, opacity: torch.Tensor, config: GenerateConfig) -> torch.Tensor:
+    """The geometry terms added to the guidance loss, for opacity (B, H, W): sparsity (the opacity o of each
+    ray), opaqueness (the binary entropy −o log o − (1 − o) log(1 − o), lowest at 0 and 1) and total variation.
+
+    Like the SDS loss, the ray terms are summed over the pixels of each image and averaged over the batch, so that
+    λ = 1 asks a pixel to pay for its opacity with about one unit of SDS gradient."""
+    loss = torch.zeros(())
+    batch = opacity.shape[0]
+    if config.sparsity_weight:
+        loss = loss + config.sparsity_weight * opacity.sum() / batch
+    if config.opaque_weight:
+        o = opacity.clamp(1e-4, 1 - 1e-4)
+        loss = loss + config.opaque_weight * (-(o * o.log() + (1 - o) * (1 - o).log())).sum() / batch
+    if config.tv_weight:
+        loss = loss + config.tv_weight * field_.total_variation()
+    return loss
 
 
 def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateConfig | None = None, prior=None,
@@ -150,10 +201,16 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    field_ = GridField(config.grid_resolution, init="blob")
+    field_ = GridField(config.grid_resolution, init="blob", blob_radius=config.blob_radius,
+                       blob_density=config.blob_density)
     optimiser = torch.optim.Adam(field_.parameters(), lr=config.lr)
     guidance = _Guidance(prompt, config, prior, clip)
+    try:
+        truths = truth_renders(prompt, fidelity_cameras())
+    except ValueError:  # not a Pocket World caption: no ground truth to compare with
+        truths = None
     initial = judge(render_views(field_, judge_cameras(config.resolution)), prompt, clip)
+    initial["fidelity"] = field_fidelity(field_, prompt, truths) if truths else None
     start_step, seconds = 0, 0.0
     if resume and checkpoint and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
@@ -168,7 +225,12 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
         tick = time.perf_counter()
         cameras = sample_cameras(config.cameras_per_step, generator, elevation_range=config.elevation_range,
                                  radius_range=config.radius_range, resolution=config.resolution)
-        loss, info = guidance(field_, cameras, generator)
+        sds_config = config.sds
+        if config.anneal_t_max and step >= config.anneal_t_max[0] * config.steps:
+            sds_config = SDSConfig(**{**asdict(config.sds), "t_range": (config.sds.t_range[0],
+                                                                          config.anneal_t_max[1])})
+        loss, info = guidance(field_, cameras, generator, sds_config)
+        loss = loss + regularisers(field_, info["opacity"], config)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate "
                                      f"(now {config.lr}) or the guidance weight")
@@ -185,11 +247,14 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
 
     views = render_views(field_, judge_cameras(config.resolution))
     verdict = judge(views, prompt, clip)
-    metrics = {"prompt": prompt, "method": config.method, "view_prompts": config.view_prompts,
-               "steps": config.steps, "seconds": round(seconds, 1), "seconds_per_step":
-               round(seconds / max(1, config.steps - start_step), 4),
+    truth = field_fidelity(field_, prompt, truths) if truths else None
+    metrics = {"prompt": prompt, "method": config.method, "representation": "grid",
+               "view_prompts": config.view_prompts, "steps": config.steps, "seconds": round(seconds, 1),
+               "seconds_per_step": round(seconds / config.steps, 4),  # ``seconds`` sums every run, resumed or not
                **{k: verdict[k] for k in ("kind_acc", "colour_acc", "clip_rprecision")},
                **{f"initial_{k}": initial[k] for k in ("kind_acc", "colour_acc", "clip_rprecision")},
+               **(truth or {}),
+               **{f"initial_{k}": v for k, v in (initial.get("fidelity") or {}).items()},
                "judged_as": verdict["judged_as"]}
     if out:
         _write_outputs(field_, views, metrics, out, config)
@@ -200,8 +265,11 @@ def _write_outputs(field_, views: torch.Tensor, metrics: dict, out: Path, config
     from text3d_edu import mesh, viz
 
     out.mkdir(parents=True, exist_ok=True)
-    viz.image_grid(views.permute(0, 2, 3, 1), ncols=8, titles=[j.removeprefix("a ") for j in metrics["judged_as"]],
-                   path=out / "views.png", scale=1.3)
+    images, titles = views.permute(0, 2, 3, 1), [f"judged: {j.removeprefix('a ')}" for j in metrics["judged_as"]]
+    if "silhouette_iou" in metrics:  # a Pocket World caption: its true object on top, from the same cameras
+        truth = render(toyworld.parse_caption(metrics["prompt"]), judge_cameras(config.resolution))["rgb"]
+        images, titles = torch.cat([truth, images]), ["truth"] * len(truth) + titles
+    viz.image_grid(images, ncols=8, titles=titles, path=out / "views.png", scale=1.3)
     viz.turntable_gif(lambda cams: render_views(field_, cams).permute(0, 2, 3, 1), out / "turntable.gif",
                       resolution=64)
     try:

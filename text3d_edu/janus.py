@@ -14,6 +14,12 @@ each render shows. Two numbers summarise the verdicts:
 - ``view_accuracy``: the fraction of all views whose verdict matches the camera's true label (front |φ| < 45°,
   side, back |φ| > 135°).
 
+The verdicts cannot tell a two-faced object from a featureless one: a plain red cylinder is "front" from
+everywhere too. ``two_faced_margin`` asks the ground truth instead: for each back view of the generated object,
+is it closer (in the CLIP's image space) to the true object's *front* seen from the opposite camera, or to its
+true *back* seen from the same camera? Near +1: it shows a front from behind (two-faced); near 0: it is as far
+from both (featureless or symmetric); near −1: it shows its back, as the real object does.
+
 Validate a judge before trusting it: ``measure_object`` runs the same measure on Pocket World ground truth, which
 must say "front" at the front and "back" at the back (tested in ``tests/test_janus.py``).
 """
@@ -119,3 +125,26 @@ def measure_object(obj, clip: TextImagePrior, cameras: Cameras | None = None) ->
     cameras = cameras or janus_cameras()
     images = render(obj, cameras)["rgb"].permute(0, 3, 1, 2)  # (B, 3, H, W)
     return measure_images(images, cameras.azimuth, obj.short_caption, clip)
+
+
+@torch.no_grad()
+def two_faced_margin(images: Tensor, cameras: Cameras, obj, clip: TextImagePrior) -> float:
+    """Mean over the back views (|φ| > 135°) of (d_back − d_front) / (d_back + d_front) ∈ [−1, 1], with
+    d = 1 − cos(φ(view), φ(truth)) the CLIP image distance to the true back (same camera) and to the true front
+    (the camera turned by 180°: what a two-faced object shows from behind).
+
+    images (B, 3, H, W): renders of the generated object from ``cameras``; ``obj``: the prompt's Pocket World
+    object. +1: exactly the front from behind (two-faced); ≈ 0: as far from both (featureless); −1: the real back.
+    """
+    from text3d_edu.world_render import render
+
+    back = (((cameras.azimuth + 180.0) % 360.0 - 180.0).abs() > 135.0).nonzero().flatten().tolist()
+    if not back:
+        raise ValueError("no back views (|azimuth| > 135°) to score: use more azimuths (janus_cameras)")
+    seen = cameras[back]
+    opposite = orbit_cameras(seen.azimuth + 180.0, seen.elevation, seen.radius, seen.fov_degrees, seen.resolution)
+    view = clip.encode_image(images[back])  # (K, D), unit vectors
+    true_back = clip.encode_image(render(obj, seen)["rgb"].permute(0, 3, 1, 2))
+    true_front = clip.encode_image(render(obj, opposite)["rgb"].permute(0, 3, 1, 2))
+    d_front, d_back = 1 - (view * true_front).sum(-1), 1 - (view * true_back).sum(-1)  # (K,), (K,)
+    return ((d_back - d_front) / (d_back + d_front).clamp_min(1e-6)).mean().item()

@@ -59,8 +59,9 @@ def sphere_trace(obj: PocketObject, origins: Tensor, directions: Tensor, max_ste
 def render(obj: PocketObject, cameras: Cameras, background=BACKGROUND, supersample: int = 2) -> dict[str, Tensor]:
     """Render an object from a batch of cameras.
 
-    Returns ``rgb`` (B, H, W, 3) composited on ``background``, ``alpha`` (B, H, W) coverage in [0, 1] and
-    ``depth`` (B, H, W) distance along the ray (0 where nothing is hit), H = W = cameras.resolution.
+    Returns ``rgb`` (B, H, W, 3) composited on ``background``, ``alpha`` (B, H, W) coverage in [0, 1],
+    ``depth`` (B, H, W) distance along the ray (0 where nothing is hit) and ``albedo`` (B, H, W, 3) the unshaded
+    surface colour (0 where nothing is hit), H = W = cameras.resolution.
     """
     fine = cameras.with_resolution(cameras.resolution * supersample)
     origins, directions = generate_rays(fine)
@@ -71,7 +72,10 @@ def render(obj: PocketObject, cameras: Cameras, background=BACKGROUND, supersamp
     t, hit = sphere_trace(obj, origins + start[:, None] * directions, directions)
     t = t + start
     rgb = torch.tensor(background, dtype=torch.float32).expand(origins.shape[0], 3).clone()
-    rgb[hit] = shade(obj, origins[hit] + t[hit, None] * directions[hit])
+    surface = origins[hit] + t[hit, None] * directions[hit]
+    rgb[hit] = shade(obj, surface)
+    albedo = torch.zeros_like(rgb)
+    albedo[hit] = obj.albedo(surface)
     alpha, depth = hit.float(), torch.where(hit, t, torch.zeros_like(t))
 
     def downsample(x: Tensor) -> Tensor:  # (B, kH, kW, C) → (B, H, W, C) by averaging k×k blocks
@@ -79,7 +83,9 @@ def render(obj: PocketObject, cameras: Cameras, background=BACKGROUND, supersamp
 
     coverage = downsample(alpha.reshape(*shape, 1))
     depth = downsample((depth * alpha).reshape(*shape, 1)) / coverage.clamp_min(1e-6)
-    return {"rgb": downsample(rgb.reshape(*shape, 3)), "alpha": coverage[..., 0], "depth": depth[..., 0]}
+    albedo = downsample(albedo.reshape(*shape, 3)) / coverage.clamp_min(1e-6)
+    return {"rgb": downsample(rgb.reshape(*shape, 3)), "alpha": coverage[..., 0], "depth": depth[..., 0],
+            "albedo": albedo}
 
 
 def posed_views(obj: PocketObject, n_views: int, resolution: int = 64, seed: int = 0,
