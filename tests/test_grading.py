@@ -12,6 +12,7 @@ in module-scoped fixtures, and the tests read the results.
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import re
@@ -131,6 +132,34 @@ def test_student_copy_hides_answers_and_keeps_nbgrader_metadata(master_path, gen
     for c in code:
         if exercises.is_solution_cell(c) or exercises.is_test_cell(c):
             assert exercises.RAISES_TAG in c.metadata["tags"]
+
+
+REPO_MASTERS = sorted((REPO / "solutions").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("master_path", REPO_MASTERS, ids=lambda p: p.stem)
+def test_masters_open_with_their_lecture_one_thread_and_the_copy_to_grade(master_path):
+    nb = nbformat.read(master_path, as_version=4)
+    header = nb.cells[0].source
+    assert f"lectures/{master_path.stem[:2]}_" in header, "the header names the lecture it exercises"
+    assert f"text3d-edu grade my_work/{master_path.name}" in header and "grade exercises/" not in header
+    first = next(c.source for c in nb.cells if c.cell_type == "code")
+    assert first.startswith("import text3d_edu") and first.index("import text3d_edu") < first.index("import torch")
+    assert "torch.set_num_threads(1)" in first
+
+
+def test_a_function_name_has_one_contract_across_exercises():
+    signatures: dict[str, tuple[str, str]] = {}
+    for master_path in REPO_MASTERS:
+        for c in nbformat.read(master_path, as_version=4).cells:
+            if not exercises.is_solution_cell(c):
+                continue
+            for node in ast.walk(ast.parse(c.source)):
+                if isinstance(node, ast.FunctionDef):
+                    signature = ast.unparse(node.args)
+                    seen = signatures.setdefault(node.name, (signature, master_path.stem))
+                    assert seen[0] == signature, \
+                        f"{node.name}: ({signature}) in {master_path.stem}, ({seen[0]}) in {seen[1]}"
 
 
 def test_make_exercises_is_deterministic_writes_only_its_out_dir_and_checks(tmp_path, capsys):
