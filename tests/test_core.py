@@ -44,6 +44,17 @@ def test_view_labels(azimuth, elevation, label):
     assert cameras.view_label(azimuth, elevation) == label
 
 
+def test_the_generation_camera_sampler_produces_every_view_label():
+    from text3d_edu.generate import GenerateConfig
+
+    config = GenerateConfig()
+    cams = cameras.sample_cameras(400, torch.Generator().manual_seed(0), elevation_range=config.elevation_range,
+                                  radius_range=config.radius_range)
+    labels = [cameras.view_label(a, e) for a, e in zip(cams.azimuth.tolist(), cams.elevation.tolist())]
+    assert set(labels) == set(cameras.VIEW_LABELS)
+    assert labels.count("overhead") >= 40  # DreamFusion: elevation U(−10°, 90°), "overhead" above 60° (30 %)
+
+
 def test_sampled_cameras_respect_ranges_and_seed():
     g = torch.Generator().manual_seed(3)
     cams = cameras.sample_cameras(64, g, elevation_range=(0, 30), radius_range=(2.5, 3.0))

@@ -4,6 +4,7 @@
         cameras ~ random viewpoints                       (cameras.sample_cameras)
         x = g(θ, c): render the field from them           (rendering.render_image)
         loss = guidance(x, prompt, camera)                (guidance.sds / guidance.clip_loss)
+             + regularisers(opacity)                      (sparsity, opaqueness: no blob, no haze)
         θ ← θ − η ∇_θ loss                               (Adam)
 
 Methods: "clip" (Dream Fields), "sds" (DreamFusion) and "sds-jacobian" (the same with the U-Net Jacobian). After
@@ -49,13 +50,16 @@ class GenerateConfig:
     cameras_per_step: int = 4
     n_samples: int = 48
     lr: float = 0.05
-    elevation_range: tuple[float, float] = (-10.0, 60.0)
+    elevation_range: tuple[float, float] = (-10.0, 90.0)  # DreamFusion's; "overhead" above 60°
     radius_range: tuple[float, float] = (3.0, 3.5)
     blob_radius: float = 0.5  # the starting density: σ = blob_density · exp(−r² / 2ρ²), ρ = blob_radius
     blob_density: float = 10.0
     shading: tuple[float, float, float] | None = None  # p(albedo, lambertian, textureless) per view; None: albedo
-    sparsity_weight: float = 0.0  # λ · opacity of each ray (threestudio's lambda_sparsity); see ``regularisers``
-    opaque_weight: float = 0.0  # λ · binary entropy of each ray's opacity: rays end empty or opaque, no haze
+    # the geometry terms of ``regularisers``; None: the method's measured default (benchmarks/sds_ablation.py)
+    sparsity_weight: float | None = None  # λ · opacity of each ray (threestudio's lambda_sparsity); SDS 1, CLIP 0
+    sparsity_free: float = 0.15  # the share of each image's pixels whose opacity the sparsity term leaves free
+    opaque_weight: float | None = None  # λ · binary entropy of each ray's opacity (no haze); SDS 0.1, CLIP 0
+    opaque_from: float = 0.0  # the fraction of the steps after which the opaqueness term applies
     tv_weight: float = 0.0  # λ · total variation of the grid
     anneal_t_max: tuple[float, float] | None = None  # (fraction of steps, t_max after it), e.g. (0.5, 0.5)
     sds: SDSConfig = field(default_factory=SDSConfig)
@@ -69,6 +73,10 @@ class GenerateConfig:
             raise ValueError(f"steps must be a positive number of optimisation steps, got {self.steps}")
         if self.grid_resolution is None:
             self.grid_resolution = 16 if self.method == "clip" else 32
+        if self.sparsity_weight is None:
+            self.sparsity_weight = 0.0 if self.method == "clip" else 1.0
+        if self.opaque_weight is None:
+            self.opaque_weight = 0.0 if self.method == "clip" else 0.1
         if self.method == "sds-jacobian":
             self.sds = SDSConfig(**{**asdict(self.sds), "unet_jacobian": True})
 
@@ -160,17 +168,23 @@ class _Guidance:
         return loss, {"t_mean": info["t"].float().mean().item(), "opacity": out["opacity"]}
 
 
-def regularisers(field_: GridField, opacity: torch.Tensor, config: GenerateConfig) -> torch.Tensor:
+def regularisers(field_: GridField, opacity: torch.Tensor, config: GenerateConfig, opaque: bool = True
+                 ) -> torch.Tensor:
     """The geometry terms added to the guidance loss, for opacity (B, H, W): sparsity (the opacity o of each
-    ray), opaqueness (the binary entropy −o log o − (1 − o) log(1 − o), lowest at 0 and 1) and total variation.
+    ray, beyond ``sparsity_free`` of each image's pixels), opaqueness (the binary entropy
+    −o log o − (1 − o) log(1 − o), lowest at 0 and 1) and total variation.
 
     Like the SDS loss, the ray terms are summed over the pixels of each image and averaged over the batch, so that
-    λ = 1 asks a pixel to pay for its opacity with about one unit of SDS gradient."""
+    λ = 1 asks a pixel to pay for its opacity with about one unit of SDS gradient. Without sparsity, SDS with the
+    pocket prior at ω = 30 fills the frame (the prior's own samples at that ω do); with it, a pixel stays covered
+    only where the prior asks for it (lecture 03, ``benchmarks/sds_ablation.py``)."""
     loss = torch.zeros(())
     batch = opacity.shape[0]
     if config.sparsity_weight:
-        loss = loss + config.sparsity_weight * opacity.sum() / batch
-    if config.opaque_weight:
+        free = config.sparsity_free * opacity[0].numel()  # pixels' worth of opacity each image may use for free
+        covered = opacity.flatten(1).sum(dim=1)  # (B,)
+        loss = loss + config.sparsity_weight * (covered - free).clamp_min(0).sum() / batch
+    if config.opaque_weight and opaque:
         o = opacity.clamp(1e-4, 1 - 1e-4)
         loss = loss + config.opaque_weight * (-(o * o.log() + (1 - o) * (1 - o).log())).sum() / batch
     if config.tv_weight:
@@ -230,7 +244,7 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
             sds_config = SDSConfig(**{**asdict(config.sds), "t_range": (config.sds.t_range[0],
                                                                           config.anneal_t_max[1])})
         loss, info = guidance(field_, cameras, generator, sds_config)
-        loss = loss + regularisers(field_, info["opacity"], config)
+        loss = loss + regularisers(field_, info["opacity"], config, opaque=step >= config.opaque_from * config.steps)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate "
                                      f"(now {config.lr}) or the guidance weight")
