@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from text3d_edu import toyworld
-from text3d_edu.cameras import Cameras, orbit_cameras, sample_cameras
+from text3d_edu.cameras import Cameras, sample_cameras
 from text3d_edu.fidelity import fidelity, fidelity_cameras, truth_renders
 from text3d_edu.fields import GridField
 from text3d_edu.guidance.clip_loss import CLIPLossConfig, clip_loss
@@ -82,8 +82,9 @@ class GenerateConfig:
 
 
 def judge_cameras(resolution: int = 32) -> Cameras:
-    """8 evenly spaced azimuths offset by 22.5° from the axes, elevation 15°: the novel views we judge."""
-    return orbit_cameras(22.5 + torch.arange(8) * 45.0, 15.0, 3.2, resolution=resolution)
+    """8 evenly spaced azimuths offset by 22.5° from the axes, elevation 15°: the novel views we judge (the same
+    cameras as ``fidelity.fidelity_cameras``, at the prior's resolution)."""
+    return fidelity_cameras(resolution)
 
 
 @torch.no_grad()

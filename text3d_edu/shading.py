@@ -29,9 +29,9 @@ SHADING_MODES = ("albedo", "lambertian", "textureless")
 class ShadedField(nn.Module):
     """``field`` lit by a directional light: (points (N, 3), view_dirs (N, 3)) → (σ (N,), shaded rgb (N, 3)).
 
-    ``light`` (3,) is the unit direction towards the light; ``mode`` is one of ``SHADING_MODES``. The ambient
-    and diffuse strengths match the Pocket World's renders (``world_render.shade``: ambient 0.38, key 0.52,
-    fill 0.22), so a shaded render looks like the images the pocket prior learnt from.
+    ``light`` (3,) is the unit direction towards the light; ``mode`` is one of ``SHADING_MODES``. One light of
+    ambient 0.45 + diffuse 0.65 spans about the brightness range of the Pocket World's two-light renders
+    (``world_render.shade``: ambient 0.38, key 0.52, fill 0.22), the images the pocket prior learnt from.
     """
 
     def __init__(self, field: nn.Module, light: Tensor, mode: str = "lambertian", ambient: float = 0.45,

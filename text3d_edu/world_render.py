@@ -31,11 +31,13 @@ def _normals(obj: PocketObject, points: Tensor, eps: float = 1e-3) -> Tensor:
     return F.normalize(torch.stack(grads, dim=-1), dim=-1)
 
 
-def shade(obj: PocketObject, points: Tensor) -> Tensor:
-    """Lambertian shading of surface points (N, 3) → RGB (N, 3), lit by two world-space lights."""
+def shade(obj: PocketObject, points: Tensor, albedo: Tensor | None = None) -> Tensor:
+    """Lambertian shading of surface points (N, 3) → RGB (N, 3), lit by two world-space lights; ``albedo`` (N, 3)
+    when the caller already has it (``obj.albedo(points)`` otherwise)."""
     n = _normals(obj, points)
     light = AMBIENT + KEY * (n @ KEY_LIGHT).clamp_min(0) + FILL * (n @ FILL_LIGHT).clamp_min(0)
-    return (obj.albedo(points) * light[:, None]).clamp(0, 1)
+    albedo = obj.albedo(points) if albedo is None else albedo
+    return (albedo * light[:, None]).clamp(0, 1)
 
 
 def sphere_trace(obj: PocketObject, origins: Tensor, directions: Tensor, max_steps: int = 64,
@@ -73,9 +75,9 @@ def render(obj: PocketObject, cameras: Cameras, background=BACKGROUND, supersamp
     t = t + start
     rgb = torch.tensor(background, dtype=torch.float32).expand(origins.shape[0], 3).clone()
     surface = origins[hit] + t[hit, None] * directions[hit]
-    rgb[hit] = shade(obj, surface)
     albedo = torch.zeros_like(rgb)
     albedo[hit] = obj.albedo(surface)
+    rgb[hit] = shade(obj, surface, albedo[hit])
     alpha, depth = hit.float(), torch.where(hit, t, torch.zeros_like(t))
 
     def downsample(x: Tensor) -> Tensor:  # (B, kH, kW, C) → (B, H, W, C) by averaging k×k blocks
