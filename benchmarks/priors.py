@@ -25,7 +25,7 @@ from text3d_edu.priors import data as pocket_data
 from text3d_edu.priors.pocket_clip import WEIGHTS_DIR, load_pocket_clip
 from text3d_edu.priors.pocket_diffusion import load_pocket_diffusion
 from text3d_edu.priors.train import STATS_FILE
-from text3d_edu.toyworld import COLOURS, KINDS, catalogue_captions
+from text3d_edu.toyworld import COLOURS, KINDS, catalogue_captions, with_article
 
 
 def benchmark_prompts(count: int) -> list[tuple[str, int, int]]:
@@ -34,7 +34,7 @@ def benchmark_prompts(count: int) -> list[tuple[str, int, int]]:
     out = []
     for i in range(count):
         k, c = i % len(kinds), (3 * i + 5 * (i // len(kinds))) % len(colours)  # a kind's colours differ
-        out.append((f"a {colours[c]} {kinds[k]}", k, c))
+        out.append((with_article(f"{colours[c]} {kinds[k]}"), k, c))
     return out
 
 

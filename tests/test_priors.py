@@ -7,6 +7,7 @@ import json
 import math
 import socket
 import time
+import warnings
 
 import pytest
 import torch
@@ -129,6 +130,9 @@ def test_unknown_words_warn_and_list_the_vocabulary(priors):
         prior.encode_prompt(["a purple dragon"])
     with pytest.warns(UserWarning, match="spaceship"):
         clip.encode_text(["a red spaceship"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every caption of the world is in the vocabulary, articles included
+        prior.encode_prompt(catalogue_captions() + ["an orange duck, overhead view"])
 
 
 # --- the real backends, with tiny random components of the real classes --------------------------------------------

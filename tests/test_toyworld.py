@@ -37,6 +37,9 @@ def test_catalogue_size_and_captions():
     assert stack.caption == "a small red cube on top of a large blue cube"
     assert toyworld.parse_caption(stack.caption).second_colour == "blue"
     assert toyworld.parse_caption("A tall brown table.").kind == "table"
+    assert toyworld.make_object("duck", "orange").caption == "an orange duck"  # English articles
+    assert toyworld.make_object("duck", "orange", "small").caption == "a small orange duck"
+    assert "an orange duck" in toyworld.catalogue_captions() and "an" in toyworld.vocabulary()
 
 
 def test_unknown_words_list_the_known_ones():

@@ -74,13 +74,13 @@ class PocketObject:
         """The full caption in the lecture's style, e.g. 'a tall brown table'."""
         if self.kind == "cube stack":
             return f"a small {self.colour} cube on top of a large {self.second_colour} cube"
-        words = ["a", self.form, self.colour, self.kind] if self.form else ["a", self.colour, self.kind]
-        return " ".join(words)
+        words = [self.form, self.colour, self.kind] if self.form else [self.colour, self.kind]
+        return with_article(" ".join(words))
 
     @property
     def short_caption(self) -> str:
-        """'a {colour} {kind}': the caption the judges compare against (kind × colour)."""
-        return f"a {self.colour} {self.kind}"
+        """'a {colour} {kind}' ('an orange duck'): the caption the judges compare against (kind × colour)."""
+        return with_article(f"{self.colour} {self.kind}")
 
     def sdf(self, points: Tensor) -> Tensor:
         """Signed distance of the whole object: points (N, 3) → (N,)."""
@@ -356,13 +356,18 @@ def parse_caption(caption: str) -> PocketObject:
     return make_object(kind, colour, form)
 
 
+def with_article(noun_phrase: str) -> str:
+    """'orange duck' → 'an orange duck', 'red mug' → 'a red mug' (the only vowel-initial word is 'orange')."""
+    return ("an " if noun_phrase[0] in "aeiou" else "a ") + noun_phrase
+
+
 def catalogue_captions() -> list[str]:
     """Every 'a {colour} {kind}' of the world: the candidate list for R-precision."""
-    return [f"a {colour} {kind}" for kind in KINDS for colour in COLOURS]
+    return [with_article(f"{colour} {kind}") for kind in KINDS for colour in COLOURS]
 
 
 def vocabulary() -> set[str]:
     """Every word the Pocket World's captions can use (view suffixes included)."""
-    words = {"a", "small", "cube", "on", "top", "of", "large", "view"} | set(FORMS) - {""}
+    words = {"a", "an", "small", "cube", "on", "top", "of", "large", "view"} | set(FORMS) - {""}
     words |= set(COLOURS) | {w for kind in KINDS for w in kind.split()}
     return words | {"front", "side", "back", "overhead"}

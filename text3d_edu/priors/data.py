@@ -28,6 +28,8 @@ RESOLUTION = 32
 ELEVATION_RANGE = (-10.0, 75.0)
 RADIUS_RANGE = (3.0, 3.6)
 HELD_OUT_SEED_OFFSET = 1_000_000  # held-out objects and cameras never share a seed with training ones
+DATA_VERSION = 2
+"""Bumped whenever what a render or its caption holds changes (2: 'an orange duck'), so a stale cache is not read."""
 
 
 def view_suffix(label: str) -> str:
@@ -74,7 +76,8 @@ def render_dataset(n_objects: int, views_per_object: int, seed: int = 0, held_ou
     Deterministic in (n_objects, views_per_object, seed, held_out) whatever the number of ``workers``
     (processes); cached as a .pt file in ``cache_dir``.
     """
-    name = f"pocket_{'heldout' if held_out else 'train'}_{n_objects}x{views_per_object}_s{seed}_r{RESOLUTION}.pt"
+    name = (f"pocket_{'heldout' if held_out else 'train'}_{n_objects}x{views_per_object}_s{seed}_r{RESOLUTION}"
+            f"_v{DATA_VERSION}.pt")
     if cache_dir is not None and (Path(cache_dir) / name).exists():
         return torch.load(Path(cache_dir) / name)
     offset = seed * 100_003 + (HELD_OUT_SEED_OFFSET if held_out else 0)

@@ -70,6 +70,8 @@ def _loop(phase: str, phase_id: int, accelerator, model, optimizer, lr_scheduler
         path, start = _latest_checkpoint(checkpoints, phase)
         if path is not None:
             accelerator.load_state(str(path))
+            if ema is not None:
+                ema.to(accelerator.device)  # its state is loaded on the CPU
             accelerator.print(f"[{phase}] resumed from {path} (step {start})")
     smoothed = float("nan")
     bar = tqdm(range(start, steps), desc=phase, initial=start, total=steps, mininterval=30,
