@@ -154,12 +154,18 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
-def generate_guidance(backend: str, guidance: float | None = None) -> float:
+def generate_guidance(backend: str, guidance: float | None = None, method: str = "sds") -> float:
     """ω for ``generate``: the user's ``--guidance``, else the backend's default — the pocket prior's measured
     sweet spot (``SDSConfig``'s default, 30) or, for Stable Diffusion, DreamFusion's ω = 100 (same convention:
-    ε̂ = (1 + ω) ε_φ(x_t; y, t) − ω ε_φ(x_t; t); threestudio's ``guidance_scale`` 100 too)."""
+    ε̂ = (1 + ω) ε_φ(x_t; y, t) − ω ε_φ(x_t; t); threestudio's ``guidance_scale`` 100 too). For VSD:
+    ``VSDConfig``'s 30 on the pocket prior (the regularisers' calibration, see ``guidance/vsd.py``) and
+    ProlificDreamer's guidance scale 7.5 (ω = 6.5) on Stable Diffusion."""
     if guidance is not None:
         return guidance
+    if method == "vsd":
+        from text3d_edu.guidance.vsd import VSDConfig
+
+        return 6.5 if backend == "stable-diffusion" else VSDConfig.guidance
     from text3d_edu.guidance.sds import SDSConfig
 
     return 100.0 if backend == "stable-diffusion" else SDSConfig.guidance
@@ -170,13 +176,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     from text3d_edu.generate import GenerateConfig, generate
     from text3d_edu.guidance.sds import SDSConfig
+    from text3d_edu.guidance.vsd import VSDConfig
     from text3d_edu.priors import load_diffusion
     from text3d_edu.priors.real import WeightsUnavailable
 
     torch.set_num_threads(args.threads)
-    sds = SDSConfig(guidance=generate_guidance(args.backend, args.guidance))
-    config = GenerateConfig(method=args.method, seed=args.seed, view_prompts=not args.no_view_prompt, sds=sds,
-                            **({"steps": args.steps} if args.steps is not None else {}))
+    if args.particles is not None and args.method != "vsd":
+        raise ValueError(f"--particles applies to --method vsd only (got --method {args.method})")
+    omega = generate_guidance(args.backend, args.guidance, args.method)
+    method_config = ({"vsd": VSDConfig(guidance=omega, **({"particles": args.particles}
+                                                           if args.particles is not None else {}))}
+                     if args.method == "vsd" else {"sds": SDSConfig(guidance=omega)})
+    config = GenerateConfig(method=args.method, seed=args.seed, view_prompts=not args.no_view_prompt,
+                            **method_config, **({"steps": args.steps} if args.steps is not None else {}))
     prior = None
     if args.method != "clip" and args.backend != "pocket":
         try:
@@ -186,9 +198,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             return 2
     _, metrics = generate(args.prompt, args.out, config, prior=prior, resume=args.resume)
     judged = ", ".join(f"{k} {metrics[k]}" for k in ("kind_acc", "colour_acc", "clip_rprecision"))
+    files = "views.png, turntable.gif, mesh.glb and metrics.json"
+    if args.method == "vsd":
+        n = metrics["particles"]
+        files = (f"views.png and metrics.json (means over {n} particles), and each particle's {files} in "
+                 + ("particle_0/" if n == 1 else f"particle_0/ … particle_{n - 1}/"))
     print(f"{args.prompt!r} ({args.method}, {metrics['steps']} steps, {metrics['seconds']:.0f} s): {judged} "
-          f"(initial field: kind_acc {metrics['initial_kind_acc']}); views.png, turntable.gif, mesh.glb and "
-          f"metrics.json in {args.out}")
+          f"(initial field: kind_acc {metrics['initial_kind_acc']}); {files} in {args.out}")
     return 0
 
 
@@ -198,9 +214,11 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from text3d_edu.results import render_result
 
     torch.set_num_threads(args.threads)
-    render_result(args.result_dir, args.out, args.azimuths, args.elevation, args.radius, args.resolution,
-                  force=args.force)
-    print(f"{len(args.azimuths)} views of {args.result_dir} (elevation {args.elevation:g}°, radius {args.radius:g}, "
+    images = render_result(args.result_dir, args.out, args.azimuths, args.elevation, args.radius, args.resolution,
+                           force=args.force)
+    particles = len(images) // len(args.azimuths)  # VSD's particles, one row each
+    print(f"{len(args.azimuths)} views{f' of each of {particles} particles' if particles > 1 else ''} of "
+          f"{args.result_dir} (elevation {args.elevation:g}°, radius {args.radius:g}, "
           f"{args.resolution}×{args.resolution}) written to {args.out}")
     return 0
 
@@ -218,14 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the known kinds and colours")
     p.set_defaults(func=_cmd_world)
 
-    p = sub.add_parser("generate", help="text → 3D by distillation: Dream Fields (clip) or DreamFusion (sds)")
+    p = sub.add_parser("generate", help="text → 3D by distillation: Dream Fields (clip), DreamFusion (sds) or "
+                                        "ProlificDreamer (vsd)")
     p.add_argument("prompt", help='e.g. "a red mug"')
-    p.add_argument("--method", choices=["sds", "sds-jacobian", "clip"], default="sds")
+    p.add_argument("--method", choices=["sds", "sds-jacobian", "clip", "vsd"], default="sds")
+    p.add_argument("--particles", type=int, default=None,
+                   help="VSD's number of 3D scenes n (default 2), optimised together")
     p.add_argument("--out", default="outputs/generate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 500)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance weight ω (default: the backend's, 30 pocket, 100 stable-diffusion)")
+                   help="classifier-free guidance weight ω (default: the backend's; SDS 30 pocket, 100 "
+                        "stable-diffusion; VSD 30 pocket, 6.5 stable-diffusion)")
     p.add_argument("--no-view-prompt", action="store_true", help="do not append ', front view' etc. (Janus!)")
     p.add_argument("--backend", choices=["pocket", "stable-diffusion"], default="pocket")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -3,12 +3,14 @@
     for each step:
         cameras ~ random viewpoints                       (cameras.sample_cameras)
         x = g(θ, c): render the field from them           (rendering.render_image)
-        loss = guidance(x, prompt, camera)                (guidance.sds / guidance.clip_loss)
+        loss = guidance(x, prompt, camera)                (guidance.sds / guidance.clip_loss / guidance.vsd)
              + regularisers(opacity)                      (sparsity, opaqueness: no blob, no haze)
         θ ← θ − η ∇_θ loss                               (Adam)
+        [VSD only] φ ← φ − η₂ ∇_φ ‖ε_φ(x_t; y, t, c) − ε‖²  (AdamW, on the detached renders)
 
-Methods: "clip" (Dream Fields), "sds" (DreamFusion) and "sds-jacobian" (the same with the U-Net Jacobian). After
-the loop, ``judge`` renders 8 novel views and asks the pocket CLIP which catalogue caption each one shows, and
+Methods: "clip" (Dream Fields), "sds" (DreamFusion), "sds-jacobian" (the same with the U-Net Jacobian) and "vsd"
+(ProlificDreamer: n particles θ⁽¹⁾…θ⁽ⁿ⁾, each a ``GridField``, and a LoRA ε_φ; ``_generate_vsd``). After the loop,
+``judge`` renders 8 novel views and asks the pocket CLIP which catalogue caption each one shows, and
 ``field_fidelity`` compares the views with the prompt's true Pocket World object (``text3d_edu.fidelity``).
 The loop shows tqdm progress, checkpoints every ``checkpoint_every`` steps, resumes, and stops on NaN.
 """
@@ -16,6 +18,7 @@ The loop shows tqdm progress, checkpoints every ``checkpoint_every`` steps, resu
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,11 +33,12 @@ from text3d_edu.fields import GridField
 from text3d_edu.guidance.clip_loss import CLIPLossConfig, clip_loss
 from text3d_edu.guidance.sds import SDSConfig, sds_loss
 from text3d_edu.guidance.view_prompts import view_prompts
+from text3d_edu.guidance.vsd import LoRANoisePredictor, VSDConfig, lora_loss, vsd_loss
 from text3d_edu.rendering import render_image
 from text3d_edu.shading import ShadedField, sample_shading
 from text3d_edu.world_render import render
 
-METHODS = ("sds", "sds-jacobian", "clip")
+METHODS = ("sds", "sds-jacobian", "clip", "vsd")
 
 
 @dataclass
@@ -64,6 +68,7 @@ class GenerateConfig:
     anneal_t_max: tuple[float, float] | None = None  # (fraction of steps, t_max after it), e.g. (0.5, 0.5)
     sds: SDSConfig = field(default_factory=SDSConfig)
     clip: CLIPLossConfig = field(default_factory=CLIPLossConfig)
+    vsd: VSDConfig = field(default_factory=VSDConfig)  # the θ step's t_range anneals with anneal_t_max as SDS's
     checkpoint_every: int = 200
 
     def __post_init__(self):
@@ -125,7 +130,8 @@ def field_fidelity(field_: torch.nn.Module, prompt: str, truths=None, n_samples:
 
 
 class _Guidance:
-    """The method's loss for a batch of renders, with prompt encodings cached (there are at most 5)."""
+    """The method's loss for a batch of renders, with prompt encodings cached (there are at most 5). For VSD it
+    holds ε_φ (``eps_phi``) and the plain prompt's condition that ε_φ reads (``lora_cond``)."""
 
     def __init__(self, prompt: str, config: GenerateConfig, prior, clip):
         self.prompt, self.config, self.prior, self.clip = prompt, config, prior, clip
@@ -134,6 +140,9 @@ class _Guidance:
             self.text_embedding = clip.encode_text([prompt])
         else:
             self.uncond = prior.encode_unconditional(1)
+        if config.method == "vsd":
+            self.eps_phi = LoRANoisePredictor(prior, config.vsd.lora_rank)
+            self.lora_cond = self._condition([prompt])
 
     def _condition(self, prompts: list[str]):
         for p in set(prompts) - set(self._conditions):
@@ -154,8 +163,11 @@ class _Guidance:
                                       perturb=True, generator=generator))
         return {key: torch.cat([v[key] for v in views]) for key in ("rgb", "opacity")}
 
-    def __call__(self, field_, cameras: Cameras, generator: torch.Generator, sds_config: SDSConfig
+    def __call__(self, field_, cameras: Cameras, generator: torch.Generator, sds_config: SDSConfig | VSDConfig
                  ) -> tuple[torch.Tensor, dict]:
+        """The loss of renders of ``field_`` from ``cameras``; ``sds_config``: the SDS or VSD config of this step
+        (its t_range annealed). info: "opacity" (B, H, W) for the regularisers, and for VSD "x" (the detached
+        renders in the prior's space) and "c2w" (B, 4, 4) for the φ step."""
         c = self.config
         if c.method == "clip":
             out = self._render(field_, cameras, None, generator)
@@ -164,6 +176,11 @@ class _Guidance:
             return loss, {**info, "opacity": out["opacity"]}
         out = self._render(field_, cameras, toyworld.BACKGROUND, generator)
         prompts = view_prompts(self.prompt, cameras) if c.view_prompts else [self.prompt] * len(cameras)
+        if c.method == "vsd":
+            loss, info = vsd_loss(self.prior, self.eps_phi, out["rgb"].permute(0, 3, 1, 2), cameras.c2w,
+                                  self._condition(prompts), self.uncond, self.lora_cond, sds_config, generator)
+            return loss, {"t_mean": info["t"].float().mean().item(), "opacity": out["opacity"], "x": info["x"],
+                          "c2w": cameras.c2w}
         loss, info = sds_loss(self.prior, out["rgb"].permute(0, 3, 1, 2), self._condition(prompts), self.uncond,
                               sds_config, generator)
         return loss, {"t_mean": info["t"].float().mean().item(), "opacity": out["opacity"]}
@@ -199,7 +216,8 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
 
     ``prior`` / ``clip`` default to the pocket priors. With ``out_dir``, writes ``views.png`` (8 novel views),
     ``turntable.gif``, ``mesh.glb``, ``metrics.json`` and ``checkpoint.pt``; ``resume`` continues from the
-    checkpoint. An existing result is never overwritten without ``resume``.
+    checkpoint. An existing result is never overwritten without ``resume``. For ``method="vsd"`` see
+    ``_generate_vsd``: it returns the particles' fields as a list.
     """
     from text3d_edu.priors import load_clip, load_diffusion
 
@@ -210,9 +228,13 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
     checkpoint = out / "checkpoint.pt" if out else None
     if out and not resume and (out / "metrics.json").exists():
         raise ValueError(f"{out} already holds a result; pass resume=True (--resume) or choose another output")
+    if config.method == "vsd":
+        check_particle_memory(config.vsd.particles, config.grid_resolution)  # before anything is loaded or written
     clip = clip or load_clip("pocket")
     if config.method != "clip":
         prior = prior or load_diffusion("pocket")
+    if config.method == "vsd":
+        return _generate_vsd(prompt, out, config, prior, clip, resume, progress)
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -261,19 +283,181 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
                         "generator": generator.get_state(), "seconds": seconds, "initial": initial}, checkpoint)
 
     views = render_views(field_, judge_cameras(config.resolution))
-    verdict = judge(views, prompt, clip)
-    truth = field_fidelity(field_, prompt, truths) if truths else None
-    metrics = {"prompt": prompt, "method": config.method, "representation": "grid",
-               "view_prompts": config.view_prompts, "steps": config.steps, "seconds": round(seconds, 1),
-               "seconds_per_step": round(seconds / config.steps, 4),  # ``seconds`` sums every run, resumed or not
-               **{k: verdict[k] for k in ("kind_acc", "colour_acc", "clip_rprecision")},
-               **{f"initial_{k}": initial[k] for k in ("kind_acc", "colour_acc", "clip_rprecision")},
-               **(truth or {}),
-               **{f"initial_{k}": v for k, v in (initial.get("fidelity") or {}).items()},
-               "judged_as": verdict["judged_as"]}
+    metrics = _field_metrics(field_, views, prompt, clip, truths, initial, config, seconds)
     if out:
         _write_outputs(field_, views, metrics, out, config)
     return field_, metrics
+
+
+def _field_metrics(field_, views: torch.Tensor, prompt: str, clip, truths, initial: dict, config: GenerateConfig,
+                   seconds: float) -> dict:
+    """metrics.json of one field: the judge's verdict on its ``views``, its fidelity, and the initial figures."""
+    verdict = judge(views, prompt, clip)
+    truth = field_fidelity(field_, prompt, truths) if truths else None
+    return {"prompt": prompt, "method": config.method, "representation": "grid",
+            "view_prompts": config.view_prompts, "steps": config.steps, "seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / config.steps, 4),  # ``seconds`` sums every run, resumed or not
+            **{k: verdict[k] for k in ("kind_acc", "colour_acc", "clip_rprecision")},
+            **{f"initial_{k}": initial[k] for k in ("kind_acc", "colour_acc", "clip_rprecision")},
+            **(truth or {}),
+            **{f"initial_{k}": v for k, v in (initial.get("fidelity") or {}).items()},
+            "judged_as": verdict["judged_as"]}
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_particle_memory(particles: int, grid_resolution: int, available: int | None = None) -> int:
+    """Raise a ValueError saying how much memory ``particles`` VSD particles of a ``grid_resolution``³
+    ``GridField`` need when that is more than 80 % of what is ``available`` (default: ``available_memory()``).
+
+    A particle is 4 values (log σ and 3 colour logits) per vertex, held 5 times in float32: the grid, its gradient,
+    Adam's two moments and a copy while the checkpoint is written. Particles are rendered one at a time, so the
+    renders' activations do not grow with n. Returns the bytes needed."""
+    per_particle = 5 * 4 * grid_resolution**3 * 4
+    need = particles * per_particle
+    available = available_memory() if available is None else available
+    if available is not None and need > 0.8 * available:
+        raise ValueError(f"{particles} particles of a {grid_resolution}³ grid need about {need / 2**30:.1f} GiB "
+                         f"({per_particle / 2**20:.1f} MiB each: the grid, its gradient, Adam's two moments and a "
+                         f"checkpoint copy), but only {available / 2**30:.1f} GiB of memory is available: use at "
+                         f"most {max(int(0.8 * available // per_particle), 0)} particles or a smaller grid")
+    return need
+
+
+def _generate_vsd(prompt: str, out: Path | None, config: GenerateConfig, prior, clip, resume: bool,
+                  progress: bool) -> tuple[list[GridField], dict]:
+    """ProlificDreamer's Algorithm 1 (``guidance.vsd``) on n ``GridField`` particles; returns (fields, metrics).
+
+    Every step renders each particle from its own random cameras and takes its θ step (VSD loss + the same
+    regularisers as SDS), then takes ``lora_steps_per_theta_step`` φ steps of ε_φ on all the detached renders.
+    With ``out``, each particle's views.png, turntable.gif, mesh.glb, metrics.json and checkpoint.pt (its field)
+    go to ``out/particle_K/``; ``out`` holds views.png (the truth and every particle), the top-level metrics.json
+    (per-particle figures and their means, under the keys SDS writes) and checkpoint.pt (all particles, ε_φ's
+    LoRA and camera MLP, both optimisers and the generator), from which ``resume`` continues exactly.
+    """
+    n = config.vsd.particles
+    checkpoint = out / "checkpoint.pt" if out else None
+    torch.manual_seed(config.seed)  # ε_φ's LoRA matrices A are drawn from the global generator
+    generator = torch.Generator().manual_seed(config.seed)
+    # n identical blobs: the particles part ways through their own cameras, t and ε, and ε_φ pushes them apart
+    particles = [GridField(config.grid_resolution, init="blob", blob_radius=config.blob_radius,
+                           blob_density=config.blob_density) for _ in range(n)]
+    optimiser = torch.optim.Adam([p for particle in particles for p in particle.parameters()], lr=config.lr)
+    guidance = _Guidance(prompt, config, prior, clip)
+    eps_phi = guidance.eps_phi
+    lora_optimiser = torch.optim.AdamW(eps_phi.parameters(), lr=config.vsd.lora_lr)
+    try:
+        truths = truth_renders(prompt, fidelity_cameras())
+    except ValueError:
+        truths = None
+    initial = judge(render_views(particles[0], judge_cameras(config.resolution)), prompt, clip)
+    initial["fidelity"] = field_fidelity(particles[0], prompt, truths) if truths else None
+    start_step, seconds = 0, 0.0
+    if resume and checkpoint and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if len(state.get("particles", [])) != n:
+            raise ValueError(f"{checkpoint} holds {len(state.get('particles', [])) or 'no'} VSD particles, not {n}: "
+                             f"resume with the same --method and --particles, or choose another output")
+        for particle, particle_state in zip(particles, state["particles"]):
+            particle.load_state_dict(particle_state)
+        optimiser.load_state_dict(state["optimiser"])
+        eps_phi.load_state_dict(state["lora"])
+        lora_optimiser.load_state_dict(state["lora_optimiser"])
+        generator.set_state(state["generator"])
+        start_step, seconds, initial = state["step"], state["seconds"], state["initial"]
+
+    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, disable=not progress,
+               desc=f"vsd ×{n}: {prompt}")
+    for step in bar:
+        tick = time.perf_counter()
+        vsd_config = config.vsd
+        if config.anneal_t_max and step >= config.anneal_t_max[0] * config.steps:  # the paper: 0.98 → 0.5
+            vsd_config = VSDConfig(**{**asdict(config.vsd), "t_range": (config.vsd.t_range[0],
+                                                                          config.anneal_t_max[1])})
+        # θ step (Algorithm 1, lines 3–5), every particle from its own cameras
+        optimiser.zero_grad(set_to_none=True)
+        renders, cameras_c2w = [], []
+        for particle in particles:
+            cameras = sample_cameras(config.cameras_per_step, generator, elevation_range=config.elevation_range,
+                                     radius_range=config.radius_range, resolution=config.resolution)
+            loss, info = guidance(particle, cameras, generator, vsd_config)
+            loss = loss + regularisers(particle, info["opacity"], config,
+                                       opaque=step >= config.opaque_from * config.steps)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate "
+                                         f"(now {config.lr}) or the guidance weight")
+            loss.backward()
+            renders.append(info["x"])
+            cameras_c2w.append(info["c2w"])
+        optimiser.step()
+        # φ step (line 6): ε_φ learns the noise of the particles' renders, each with its camera
+        x, c2w = torch.cat(renders), torch.cat(cameras_c2w)  # (n·B, C, h, w), (n·B, 4, 4)
+        for _ in range(config.vsd.lora_steps_per_theta_step):
+            phi_loss, _ = lora_loss(prior, eps_phi, x, c2w, guidance.lora_cond, config.vsd, generator)
+            if not torch.isfinite(phi_loss):
+                raise FloatingPointError(f"ε_φ's loss became {phi_loss.item()} at step {step}: lower lora_lr "
+                                         f"(now {config.vsd.lora_lr})")
+            lora_optimiser.zero_grad(set_to_none=True)
+            phi_loss.backward()
+            lora_optimiser.step()
+        seconds += time.perf_counter() - tick
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", phi=f"{phi_loss.item():.3f}")
+        if checkpoint and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save({"method": "vsd", "particles": [particle.state_dict() for particle in particles],
+                        "optimiser": optimiser.state_dict(), "lora": eps_phi.state_dict(),
+                        "lora_optimiser": lora_optimiser.state_dict(), "step": step + 1,
+                        "generator": generator.get_state(), "seconds": seconds, "initial": initial}, checkpoint)
+
+    cameras = judge_cameras(config.resolution)
+    views = [render_views(particle, cameras) for particle in particles]  # n × (8, 3, H, W)
+    per_particle = [_field_metrics(particle, v, prompt, clip, truths, initial, config, seconds)
+                    for particle, v in zip(particles, views)]
+    shared = ("prompt", "method", "view_prompts", "steps", "seconds", "seconds_per_step")
+    figures = [k for k, v in per_particle[0].items()  # the judge's and fidelity's numbers, initial_* included
+               if k not in shared and not k.endswith("best_offset") and isinstance(v, (int, float))]
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    metrics = {**{k: per_particle[0][k] for k in shared}, "representation": "grid-particles", "particles": n,
+               **{k: round(sum(m[k] for m in per_particle) / n, 3) for k in figures},  # means over the particles
+               # how different the particles look: mean |Δ colour| between each pair's judge views, in [0, 1]
+               "particle_spread": round(sum((views[i] - views[j]).abs().mean().item() for i, j in pairs)
+                                        / len(pairs), 4) if pairs else 0.0,
+               "judged_as": [caption for m in per_particle for caption in m["judged_as"]],
+               "per_particle": per_particle}
+    if out:
+        for k, (particle, v, m) in enumerate(zip(particles, views, per_particle)):
+            (out / f"particle_{k}").mkdir(parents=True, exist_ok=True)
+            torch.save({"field": particle.state_dict()}, out / f"particle_{k}" / "checkpoint.pt")  # a grid result
+            _write_outputs(particle, v, m, out / f"particle_{k}", config)
+        _write_particle_views(views, metrics, out / "views.png", config)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return particles, metrics
+
+
+def _write_particle_views(views: list[torch.Tensor], metrics: dict, path: Path, config: GenerateConfig) -> None:
+    """One row per particle (n × (8, 3, H, W)) under the truth's row, when the prompt has a true object."""
+    from text3d_edu import viz
+
+    images = torch.cat(views).permute(0, 2, 3, 1)
+    titles = [f"particle {k}: {m['judged_as'][i].removeprefix('a ')}"
+              for k, m in enumerate(metrics["per_particle"]) for i in range(len(views[k]))]
+    if "silhouette_iou" in metrics:
+        truth = render(toyworld.parse_caption(metrics["prompt"]), judge_cameras(config.resolution))["rgb"]
+        images, titles = torch.cat([truth, images]), ["truth"] * len(truth) + titles
+    viz.image_grid(images, ncols=len(views[0]), titles=titles, path=path, scale=1.3)
 
 
 def _write_outputs(field_, views: torch.Tensor, metrics: dict, out: Path, config: GenerateConfig) -> None:

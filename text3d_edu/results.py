@@ -7,6 +7,9 @@ the representation and returns a ``Result``, whose ``render(cameras)`` gives ima
 Pocket World background: for the judge's cameras, the images of ``views.png``. A new representation (a mesh, a
 point cloud, an SDF shape) plugs in as one more entry of ``LOADERS``.
 
+VSD's n particles ("grid-particles") render as one batch, particle-major: (n·B, 3, H, W); each ``particle_K/``
+folder of such a result is itself a "grid" result.
+
 ``render_result`` is the ``text3d-edu render`` command: load, render from orbit cameras, write a .npy or a .png.
 """
 
@@ -48,20 +51,52 @@ class GridResult:
         return render_views(self.field, cameras)
 
 
-def _load_grid(result_dir: Path) -> GridResult:
+def _grid(field_state: dict) -> GridResult:
+    field = GridField(field_state["log_sigma"].shape[-1])  # log_sigma is (1, 1, R, R, R)
+    field.load_state_dict(field_state)
+    return GridResult(field.eval())
+
+
+def _load_grid(result_dir: Path) -> Result:
     checkpoint = result_dir / "checkpoint.pt"
     if not checkpoint.is_file():
         raise ValueError(f"{result_dir} holds no checkpoint.pt, so it is not a grid result of text3d-edu generate: "
                          f"give the folder that generate's --out named")
     state = torch.load(checkpoint, weights_only=True)  # weights only: a result may come from someone else
+    if "particles" in state:  # a VSD run still in progress (no metrics.json yet)
+        return _particles_from(state, checkpoint)
     if "field" not in state:
         raise ValueError(f"{checkpoint} has no 'field' entry: it was not written by text3d-edu generate")
-    field = GridField(state["field"]["log_sigma"].shape[-1])  # log_sigma is (1, 1, R, R, R)
-    field.load_state_dict(state["field"])
-    return GridResult(field.eval())
+    return _grid(state["field"])
 
 
-LOADERS: dict[str, Callable[[Path], Result]] = {"grid": _load_grid}
+@dataclass
+class ParticlesResult:
+    """VSD's particles θ⁽¹⁾…θ⁽ⁿ⁾, each a ``GridResult``."""
+
+    particles: list[GridResult]
+
+    def render(self, cameras: Cameras) -> Tensor:
+        """Images (n·B, 3, H, W) in [0, 1]: every particle from every camera, particle-major."""
+        return torch.cat([particle.render(cameras) for particle in self.particles])
+
+
+def _particles_from(state: dict, checkpoint: Path) -> ParticlesResult:
+    if not state.get("particles"):
+        raise ValueError(f"{checkpoint} has no 'particles' entry: it was not written by text3d-edu generate "
+                         f"--method vsd")
+    return ParticlesResult([_grid(field_state) for field_state in state["particles"]])
+
+
+def _load_particles(result_dir: Path) -> ParticlesResult:
+    checkpoint = result_dir / "checkpoint.pt"
+    if not checkpoint.is_file():
+        raise ValueError(f"{result_dir} holds no checkpoint.pt: give the folder that text3d-edu generate "
+                         f"--method vsd wrote (or one of its particle_K folders)")
+    return _particles_from(torch.load(checkpoint, weights_only=True), checkpoint)
+
+
+LOADERS: dict[str, Callable[[Path], Result]] = {"grid": _load_grid, "grid-particles": _load_particles}
 
 
 def load_result(result_dir: str | Path) -> Result:
@@ -88,7 +123,8 @@ def render_result(result_dir: str | Path, out: str | Path, azimuths: list[float]
 
     ``out`` ending in .npy gets the float32 images (B, 3, N, N) in [0, 1]; .png gets a grid titled by azimuth.
     The defaults are the judge's cameras (``generate.judge_cameras``) but for the azimuths. An existing ``out``
-    is never overwritten unless ``force``. Returns the images (B, 3, N, N).
+    is never overwritten unless ``force``. Returns the images (B, 3, N, N); for VSD's n particles, (n·B, 3, N, N),
+    particle-major, one row of the .png per particle.
     """
     out = Path(out)
     if len(azimuths) == 0:
@@ -112,6 +148,8 @@ def render_result(result_dir: str | Path, out: str | Path, azimuths: list[float]
         from text3d_edu import viz
 
         # at least one screen pixel per rendered pixel: 100 dpi, so scale (inches per image) ≥ resolution / 100
-        viz.image_grid(images.permute(0, 2, 3, 1), ncols=min(8, len(azimuths)),
-                       titles=[f"az {a:g}°" for a in azimuths], path=out, scale=max(1.3, resolution / 100))
+        rows = len(images) // len(azimuths)  # one per particle
+        titles = [f"az {a:g}°" if rows == 1 else f"particle {k}, az {a:g}°" for k in range(rows) for a in azimuths]
+        viz.image_grid(images.permute(0, 2, 3, 1), ncols=min(8, len(azimuths)) if rows == 1 else len(azimuths),
+                       titles=titles, path=out, scale=max(1.3, resolution / 100))
     return images
