@@ -8,7 +8,7 @@ colour error). One JSON line per prompt and per variant, then the table in markd
     python benchmarks/sds_ablation.py [--variants NAME ...] [--prompts P ...]
                                       [--out outputs/sds_ablation]
 
-About 70–90 s per prompt and variant on one CPU thread (4 prompts × 13 variants: ≈ 1.2 hours).
+About 70–90 s per prompt and variant on one CPU thread (4 prompts × 14 variants: ≈ 1.3 hours).
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "sparsity+opaque-0.3-half-way": ("sparsity λ = 1 + opaqueness 0.3 from half-way", HALF_WAY),
     "half-way+elevation-90+anneal": ("… + elevation −10°…90° + t_max annealed to 0.5 from half-way",
                                      {**HALF_WAY, "elevation_range": [-10, 90], "anneal_t_max": [0.5, 0.5]}),
-    "defaults": ("the new defaults: sparsity 1 with 15 % of each image free, opaqueness 0.1, elevation −10°…90°", {}),
+    "defaults-0.1": ("the first new defaults: sparsity 1 with 15 % of each image free, opaqueness 0.1 from the start, "
+                     "elevation −10°…90°", {"opaque_weight": 0.1, "opaque_from": 0.0}),
+    "defaults": ("the defaults: sparsity 1 with 15 % of each image free, opaqueness 0.3 from half-way, "
+                 "elevation −10°…90°", {}),
 }
 
 

@@ -114,10 +114,13 @@ def test_generate_beats_its_starting_blob(tmp_path):
 
 
 def test_generate_resumes_exactly_and_never_overwrites(tmp_path):
-    config = GenerateConfig(steps=6, checkpoint_every=3)
+    # a shorter first run stands in for an interrupted one; schedules set in fractions of the steps (opaque_from)
+    # would move with its total, so the opaqueness term applies from the start here
+    config = GenerateConfig(steps=6, checkpoint_every=3, opaque_from=0.0)
     straight, _ = generate("a blue table", tmp_path / "a", config, progress=False)
     (tmp_path / "b").mkdir()
-    generate("a blue table", tmp_path / "b", GenerateConfig(steps=3, checkpoint_every=3), progress=False)
+    generate("a blue table", tmp_path / "b", GenerateConfig(steps=3, checkpoint_every=3, opaque_from=0.0),
+             progress=False)
     (tmp_path / "b" / "metrics.json").unlink()  # as if the 6-step run had been interrupted after step 3
     first = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["seconds"]
     resumed, metrics = generate("a blue table", tmp_path / "b", config, resume=True, progress=False)

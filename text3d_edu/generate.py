@@ -62,8 +62,8 @@ class GenerateConfig:
     # the geometry terms of ``regularisers``; None: the method's measured default (benchmarks/sds_ablation.py)
     sparsity_weight: float | None = None  # λ · opacity of each ray (threestudio's lambda_sparsity); SDS 1, CLIP 0
     sparsity_free: float = 0.15  # the share of each image's pixels whose opacity the sparsity term leaves free
-    opaque_weight: float | None = None  # λ · binary entropy of each ray's opacity (no haze); SDS 0.1, CLIP 0
-    opaque_from: float = 0.0  # the fraction of the steps after which the opaqueness term applies
+    opaque_weight: float | None = None  # λ · binary entropy of each ray's opacity (no haze); SDS 0.3, CLIP 0
+    opaque_from: float = 0.5  # the fraction of the steps after which the opaqueness term applies
     tv_weight: float = 0.0  # λ · total variation of the grid
     anneal_t_max: tuple[float, float] | None = None  # (fraction of steps, t_max after it), e.g. (0.5, 0.5)
     sds: SDSConfig = field(default_factory=SDSConfig)
@@ -81,7 +81,7 @@ class GenerateConfig:
         if self.sparsity_weight is None:
             self.sparsity_weight = 0.0 if self.method == "clip" else 1.0
         if self.opaque_weight is None:
-            self.opaque_weight = 0.0 if self.method == "clip" else 0.1
+            self.opaque_weight = 0.0 if self.method == "clip" else 0.3
         if self.method == "sds-jacobian":
             self.sds = SDSConfig(**{**asdict(self.sds), "unet_jacobian": True})
 
