@@ -10,17 +10,6 @@ from text3d_edu.generate import GenerateConfig, generate, judge
 from text3d_edu.guidance.clip_loss import clip_loss, random_backgrounds, semantic_consistency_loss
 from text3d_edu.guidance.sds import SDSConfig, sds_loss
 from text3d_edu.guidance.view_prompts import view_prompt, view_prompts
-from text3d_edu.priors import load_clip, load_diffusion
-
-
-@pytest.fixture(scope="module")
-def prior():
-    return load_diffusion("pocket")
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("pocket")
 
 
 def test_sds_gradient_is_the_weighted_noise_residual_without_the_unet_jacobian(prior):

@@ -115,19 +115,5 @@ def test_generate_guidance_is_the_backends_unless_given():
 
 @pytest.mark.parametrize(("argv", "omega"), [(["--backend", "stable-diffusion"], 100.0), ([], 30.0),
                                              (["--backend", "stable-diffusion", "--guidance", "20"], 20.0)])
-def test_generate_command_passes_the_resolved_guidance(argv, omega, monkeypatch, tmp_path):
-    import text3d_edu.generate
-    import text3d_edu.priors
-    from text3d_edu.cli import main
-
-    class Called(Exception):
-        """Raised by the stand-in for ``generate`` with the config it was given."""
-
-    def fake_generate(prompt, out, config, prior=None, resume=False):
-        raise Called(config)
-
-    monkeypatch.setattr(text3d_edu.generate, "generate", fake_generate)
-    monkeypatch.setattr(text3d_edu.priors, "load_diffusion", lambda backend: None)  # no real weights offline
-    with pytest.raises(Called) as called:
-        main(["generate", "a red mug", "--out", str(tmp_path), *argv])
-    assert called.value.args[0].sds.guidance == omega
+def test_generate_command_passes_the_resolved_guidance(argv, omega, generate_config_of):
+    assert generate_config_of(["a red mug", *argv]).sds.guidance == omega

@@ -10,13 +10,7 @@ from text3d_edu import janus, toyworld
 from text3d_edu.cameras import orbit_cameras
 from text3d_edu.fields import GridField
 from text3d_edu.generate import render_views
-from text3d_edu.priors import load_clip
 from text3d_edu.world_render import render
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("pocket")
 
 
 def test_cameras_and_captions():

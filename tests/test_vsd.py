@@ -12,18 +12,7 @@ from text3d_edu.cli import main
 from text3d_edu.generate import GenerateConfig, check_particle_memory, generate, judge_cameras, render_views
 from text3d_edu.guidance.sds import SDSConfig, sample_timesteps, sds_loss
 from text3d_edu.guidance.vsd import LoRANoisePredictor, VSDConfig, lora_loss, vsd_loss
-from text3d_edu.priors import load_clip, load_diffusion
 from text3d_edu.results import GridResult, ParticlesResult, load_result
-
-
-@pytest.fixture(scope="module")
-def prior():
-    return load_diffusion("pocket")
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("pocket")
 
 
 def c2w(n: int, seed: int = 0) -> torch.Tensor:
@@ -215,21 +204,8 @@ def test_bad_particle_counts_are_clear_errors_and_write_nothing(tmp_path, capsys
 
 @pytest.mark.parametrize(("argv", "particles", "omega"), [
     ([], 2, 30.0), (["--particles", "3", "--guidance", "7"], 3, 7.0), (["--backend", "stable-diffusion"], 2, 6.5)])
-def test_generate_command_passes_particles_and_vsd_guidance(argv, particles, omega, monkeypatch, tmp_path):
-    import text3d_edu.generate
-    import text3d_edu.priors
-
-    class Called(Exception):
-        """Raised by the stand-in for ``generate`` with the config it was given."""
-
-    def fake_generate(prompt, out, config, prior=None, resume=False):
-        raise Called(config)
-
-    monkeypatch.setattr(text3d_edu.generate, "generate", fake_generate)
-    monkeypatch.setattr(text3d_edu.priors, "load_diffusion", lambda backend: None)  # no real weights offline
-    with pytest.raises(Called) as called:
-        main(["generate", "a red mug", "--method", "vsd", "--out", str(tmp_path), *argv])
-    config = called.value.args[0]
+def test_generate_command_passes_particles_and_vsd_guidance(argv, particles, omega, generate_config_of):
+    config = generate_config_of(["a red mug", "--method", "vsd", *argv])
     assert config.method == "vsd" and config.vsd.particles == particles and config.vsd.guidance == omega
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -163,10 +163,10 @@ class _Guidance:
                                       perturb=True, generator=generator))
         return {key: torch.cat([v[key] for v in views]) for key in ("rgb", "opacity")}
 
-    def __call__(self, field_, cameras: Cameras, generator: torch.Generator, sds_config: SDSConfig | VSDConfig
+    def __call__(self, field_, cameras: Cameras, generator: torch.Generator, method_config: SDSConfig | VSDConfig
                  ) -> tuple[torch.Tensor, dict]:
-        """The loss of renders of ``field_`` from ``cameras``; ``sds_config``: the SDS or VSD config of this step
-        (its t_range annealed). info: "opacity" (B, H, W) for the regularisers, and for VSD "x" (the detached
+        """The loss of renders of ``field_`` from ``cameras``; ``method_config``: the SDS or VSD config of this
+        step (its t_range annealed). info: "opacity" (B, H, W) for the regularisers, and for VSD "x" (the detached
         renders in the prior's space) and "c2w" (B, 4, 4) for the φ step."""
         c = self.config
         if c.method == "clip":
@@ -178,11 +178,11 @@ class _Guidance:
         prompts = view_prompts(self.prompt, cameras) if c.view_prompts else [self.prompt] * len(cameras)
         if c.method == "vsd":
             loss, info = vsd_loss(self.prior, self.eps_phi, out["rgb"].permute(0, 3, 1, 2), cameras.c2w,
-                                  self._condition(prompts), self.uncond, self.lora_cond, sds_config, generator)
+                                  self._condition(prompts), self.uncond, self.lora_cond, method_config, generator)
             return loss, {"t_mean": info["t"].float().mean().item(), "opacity": out["opacity"], "x": info["x"],
                           "c2w": cameras.c2w}
         loss, info = sds_loss(self.prior, out["rgb"].permute(0, 3, 1, 2), self._condition(prompts), self.uncond,
-                              sds_config, generator)
+                              method_config, generator)
         return loss, {"t_mean": info["t"].float().mean().item(), "opacity": out["opacity"]}
 
 
@@ -208,6 +208,43 @@ def regularisers(field_: GridField, opacity: torch.Tensor, config: GenerateConfi
     if config.tv_weight:
         loss = loss + config.tv_weight * field_.total_variation()
     return loss
+
+
+def _blob(config: GenerateConfig) -> GridField:
+    """The starting field: a blob σ = blob_density · exp(−r² / 2ρ²) on a ``grid_resolution``³ grid."""
+    return GridField(config.grid_resolution, init="blob", blob_radius=config.blob_radius,
+                     blob_density=config.blob_density)
+
+
+def _start(field_: GridField, prompt: str, clip, config: GenerateConfig) -> tuple[dict | None, dict]:
+    """The prompt's true renders (None when it is not a Pocket World caption) and the starting field's figures."""
+    try:
+        truths = truth_renders(prompt, fidelity_cameras())
+    except ValueError:  # not a Pocket World caption: no ground truth to compare with
+        truths = None
+    initial = judge(render_views(field_, judge_cameras(config.resolution)), prompt, clip)
+    initial["fidelity"] = field_fidelity(field_, prompt, truths) if truths else None
+    return truths, initial
+
+
+def _annealed(method_config: SDSConfig | VSDConfig, config: GenerateConfig, step: int) -> SDSConfig | VSDConfig:
+    """The method's config at ``step``: t_max lowered to ``anneal_t_max[1]`` after ``anneal_t_max[0]`` of the steps."""
+    if config.anneal_t_max and step >= config.anneal_t_max[0] * config.steps:
+        return replace(method_config, t_range=(method_config.t_range[0], config.anneal_t_max[1]))
+    return method_config
+
+
+def _field_loss(field_: GridField, guidance: _Guidance, generator: torch.Generator, config: GenerateConfig,
+                step: int, method_config) -> tuple[torch.Tensor, dict]:
+    """One field's loss at ``step``: renders from fresh random cameras, the guidance, the regularisers; stops on NaN."""
+    cameras = sample_cameras(config.cameras_per_step, generator, elevation_range=config.elevation_range,
+                             radius_range=config.radius_range, resolution=config.resolution)
+    loss, info = guidance(field_, cameras, generator, method_config)
+    loss = loss + regularisers(field_, info["opacity"], config, opaque=step >= config.opaque_from * config.steps)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate "
+                                 f"(now {config.lr}) or the guidance weight")
+    return loss, info
 
 
 def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateConfig | None = None, prior=None,
@@ -238,16 +275,10 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    field_ = GridField(config.grid_resolution, init="blob", blob_radius=config.blob_radius,
-                       blob_density=config.blob_density)
+    field_ = _blob(config)
     optimiser = torch.optim.Adam(field_.parameters(), lr=config.lr)
     guidance = _Guidance(prompt, config, prior, clip)
-    try:
-        truths = truth_renders(prompt, fidelity_cameras())
-    except ValueError:  # not a Pocket World caption: no ground truth to compare with
-        truths = None
-    initial = judge(render_views(field_, judge_cameras(config.resolution)), prompt, clip)
-    initial["fidelity"] = field_fidelity(field_, prompt, truths) if truths else None
+    truths, initial = _start(field_, prompt, clip, config)
     start_step, seconds = 0, 0.0
     if resume and checkpoint and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
@@ -260,17 +291,7 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
                desc=f"{config.method}: {prompt}")
     for step in bar:
         tick = time.perf_counter()
-        cameras = sample_cameras(config.cameras_per_step, generator, elevation_range=config.elevation_range,
-                                 radius_range=config.radius_range, resolution=config.resolution)
-        sds_config = config.sds
-        if config.anneal_t_max and step >= config.anneal_t_max[0] * config.steps:
-            sds_config = SDSConfig(**{**asdict(config.sds), "t_range": (config.sds.t_range[0],
-                                                                          config.anneal_t_max[1])})
-        loss, info = guidance(field_, cameras, generator, sds_config)
-        loss = loss + regularisers(field_, info["opacity"], config, opaque=step >= config.opaque_from * config.steps)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate "
-                                     f"(now {config.lr}) or the guidance weight")
+        loss, _ = _field_loss(field_, guidance, generator, config, step, _annealed(config.sds, config, step))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -352,18 +373,12 @@ def _generate_vsd(prompt: str, out: Path | None, config: GenerateConfig, prior, 
     torch.manual_seed(config.seed)  # ε_φ's LoRA matrices A are drawn from the global generator
     generator = torch.Generator().manual_seed(config.seed)
     # n identical blobs: the particles part ways through their own cameras, t and ε, and ε_φ pushes them apart
-    particles = [GridField(config.grid_resolution, init="blob", blob_radius=config.blob_radius,
-                           blob_density=config.blob_density) for _ in range(n)]
+    particles = [_blob(config) for _ in range(n)]
     optimiser = torch.optim.Adam([p for particle in particles for p in particle.parameters()], lr=config.lr)
     guidance = _Guidance(prompt, config, prior, clip)
     eps_phi = guidance.eps_phi
     lora_optimiser = torch.optim.AdamW(eps_phi.parameters(), lr=config.vsd.lora_lr)
-    try:
-        truths = truth_renders(prompt, fidelity_cameras())
-    except ValueError:
-        truths = None
-    initial = judge(render_views(particles[0], judge_cameras(config.resolution)), prompt, clip)
-    initial["fidelity"] = field_fidelity(particles[0], prompt, truths) if truths else None
+    truths, initial = _start(particles[0], prompt, clip, config)
     start_step, seconds = 0, 0.0
     if resume and checkpoint and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
@@ -382,22 +397,12 @@ def _generate_vsd(prompt: str, out: Path | None, config: GenerateConfig, prior, 
                desc=f"vsd ×{n}: {prompt}")
     for step in bar:
         tick = time.perf_counter()
-        vsd_config = config.vsd
-        if config.anneal_t_max and step >= config.anneal_t_max[0] * config.steps:  # the paper: 0.98 → 0.5
-            vsd_config = VSDConfig(**{**asdict(config.vsd), "t_range": (config.vsd.t_range[0],
-                                                                          config.anneal_t_max[1])})
+        vsd_config = _annealed(config.vsd, config, step)  # the paper: t_max 0.98 → 0.5
         # θ step (Algorithm 1, lines 3–5), every particle from its own cameras
         optimiser.zero_grad(set_to_none=True)
         renders, cameras_c2w = [], []
         for particle in particles:
-            cameras = sample_cameras(config.cameras_per_step, generator, elevation_range=config.elevation_range,
-                                     radius_range=config.radius_range, resolution=config.resolution)
-            loss, info = guidance(particle, cameras, generator, vsd_config)
-            loss = loss + regularisers(particle, info["opacity"], config,
-                                       opaque=step >= config.opaque_from * config.steps)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate "
-                                         f"(now {config.lr}) or the guidance weight")
+            loss, info = _field_loss(particle, guidance, generator, config, step, vsd_config)
             loss.backward()
             renders.append(info["x"])
             cameras_c2w.append(info["c2w"])
@@ -451,23 +456,27 @@ def _write_particle_views(views: list[torch.Tensor], metrics: dict, path: Path, 
     """One row per particle (n × (8, 3, H, W)) under the truth's row, when the prompt has a true object."""
     from text3d_edu import viz
 
-    images = torch.cat(views).permute(0, 2, 3, 1)
     titles = [f"particle {k}: {m['judged_as'][i].removeprefix('a ')}"
               for k, m in enumerate(metrics["per_particle"]) for i in range(len(views[k]))]
-    if "silhouette_iou" in metrics:
-        truth = render(toyworld.parse_caption(metrics["prompt"]), judge_cameras(config.resolution))["rgb"]
-        images, titles = torch.cat([truth, images]), ["truth"] * len(truth) + titles
+    images, titles = _under_truth(torch.cat(views).permute(0, 2, 3, 1), titles, metrics, config)
     viz.image_grid(images, ncols=len(views[0]), titles=titles, path=path, scale=1.3)
+
+
+def _under_truth(images: torch.Tensor, titles: list[str], metrics: dict, config: GenerateConfig
+                 ) -> tuple[torch.Tensor, list[str]]:
+    """For a Pocket World caption, its true object's row (same cameras) on top of ``images`` (B, H, W, 3)."""
+    if "silhouette_iou" not in metrics:
+        return images, titles
+    truth = render(toyworld.parse_caption(metrics["prompt"]), judge_cameras(config.resolution))["rgb"]
+    return torch.cat([truth, images]), ["truth"] * len(truth) + titles
 
 
 def _write_outputs(field_, views: torch.Tensor, metrics: dict, out: Path, config: GenerateConfig) -> None:
     from text3d_edu import mesh, viz
 
     out.mkdir(parents=True, exist_ok=True)
-    images, titles = views.permute(0, 2, 3, 1), [f"judged: {j.removeprefix('a ')}" for j in metrics["judged_as"]]
-    if "silhouette_iou" in metrics:  # a Pocket World caption: its true object on top, from the same cameras
-        truth = render(toyworld.parse_caption(metrics["prompt"]), judge_cameras(config.resolution))["rgb"]
-        images, titles = torch.cat([truth, images]), ["truth"] * len(truth) + titles
+    images, titles = _under_truth(views.permute(0, 2, 3, 1),
+                                  [f"judged: {j.removeprefix('a ')}" for j in metrics["judged_as"]], metrics, config)
     viz.image_grid(images, ncols=8, titles=titles, path=out / "views.png", scale=1.3)
     viz.turntable_gif(lambda cams: render_views(field_, cams).permute(0, 2, 3, 1), out / "turntable.gif",
                       resolution=64)

@@ -57,16 +57,18 @@ def _grid(field_state: dict) -> GridResult:
     return GridResult(field.eval())
 
 
-def _load_grid(result_dir: Path) -> Result:
+def _load_checkpoint(result_dir: Path) -> Result:
+    """A grid result (checkpoint "field") or VSD's particles (checkpoint "particles", finished or in progress)."""
     checkpoint = result_dir / "checkpoint.pt"
     if not checkpoint.is_file():
         raise ValueError(f"{result_dir} holds no checkpoint.pt, so it is not a grid result of text3d-edu generate: "
                          f"give the folder that generate's --out named")
     state = torch.load(checkpoint, weights_only=True)  # weights only: a result may come from someone else
-    if "particles" in state:  # a VSD run still in progress (no metrics.json yet)
-        return _particles_from(state, checkpoint)
+    if state.get("particles"):
+        return ParticlesResult([_grid(field_state) for field_state in state["particles"]])
     if "field" not in state:
-        raise ValueError(f"{checkpoint} has no 'field' entry: it was not written by text3d-edu generate")
+        raise ValueError(f"{checkpoint} has no 'field' or 'particles' entry: it was not written by text3d-edu "
+                         f"generate")
     return _grid(state["field"])
 
 
@@ -81,22 +83,7 @@ class ParticlesResult:
         return torch.cat([particle.render(cameras) for particle in self.particles])
 
 
-def _particles_from(state: dict, checkpoint: Path) -> ParticlesResult:
-    if not state.get("particles"):
-        raise ValueError(f"{checkpoint} has no 'particles' entry: it was not written by text3d-edu generate "
-                         f"--method vsd")
-    return ParticlesResult([_grid(field_state) for field_state in state["particles"]])
-
-
-def _load_particles(result_dir: Path) -> ParticlesResult:
-    checkpoint = result_dir / "checkpoint.pt"
-    if not checkpoint.is_file():
-        raise ValueError(f"{result_dir} holds no checkpoint.pt: give the folder that text3d-edu generate "
-                         f"--method vsd wrote (or one of its particle_K folders)")
-    return _particles_from(torch.load(checkpoint, weights_only=True), checkpoint)
-
-
-LOADERS: dict[str, Callable[[Path], Result]] = {"grid": _load_grid, "grid-particles": _load_particles}
+LOADERS: dict[str, Callable[[Path], Result]] = {"grid": _load_checkpoint, "grid-particles": _load_checkpoint}
 
 
 def load_result(result_dir: str | Path) -> Result:
