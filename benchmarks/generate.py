@@ -41,17 +41,15 @@ FIGURES = ("kind_acc", "colour_acc", "clip_rprecision", "silhouette_iou", "frame
 
 def make_config(method: str, seed: int, overrides: dict) -> GenerateConfig:
     """``GenerateConfig`` with ``overrides`` {"lr": 0.1, "sds.guidance": 20, …} (dotted keys reach sub-configs)."""
-    config = GenerateConfig(method=method, seed=seed)
+    options: dict = {"method": method, "seed": seed}
     for key, value in overrides.items():
         target, *path = key.split(".")
-        if path:
-            sub = getattr(config, target)
-            sub = type(sub)(**{**dataclasses.asdict(sub), path[0]: value})
-            setattr(config, target, sub)
+        if path:  # a sub-config's option: {"sds.guidance": 20} → sds=SDSConfig(guidance=20)
+            sub = options.get(target) or getattr(GenerateConfig(method=method), target)
+            options[target] = type(sub)(**{**dataclasses.asdict(sub), path[0]: value})
         else:
-            setattr(config, target, tuple(value) if isinstance(value, list) else value)
-    config.__post_init__()
-    return config
+            options[target] = tuple(value) if isinstance(value, list) else value
+    return GenerateConfig(**options)  # built once, so that defaults that depend on options (VSD's λ) see them
 
 
 def run(prompts: list[str], method: str, overrides: dict, out_root: Path, seed: int = 0, clip=None, prior=None,

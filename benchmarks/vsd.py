@@ -50,6 +50,7 @@ for the judgements and the output files. At the default 500 steps that is about 
 
     python benchmarks/vsd.py [--method sds|vsd|both] [--particles 4] [--prompts P ...] [--steps 500]
                              [--seed 0] [--set KEY=VALUE ...] [--out outputs/bench_vsd] [--threads 1]
+    python benchmarks/vsd.py --summarise LOG ...     # the summary of a run split over processes
 """
 
 from __future__ import annotations
@@ -226,6 +227,20 @@ def compare(vsd: dict, sds: dict) -> dict:
             **{f"{k}_difference": round(vsd[k] - sds[k], 4) for k in figures}}
 
 
+def summarise_logs(logs: list[Path]) -> None:
+    """The summary line of each method and the comparison, from the prompt lines of one or more logs."""
+    rows = [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.startswith("{")]
+    rows = [r for r in rows if "prompt" in r]
+    summaries = {}
+    for method in ("sds", "vsd"):
+        mine = [r for r in rows if r["method"] == method]
+        if mine:
+            summaries[method] = summarise(mine, method, mine[0]["particles"], "see the logs")
+            print(json.dumps({**summaries[method], "logs": [str(log) for log in logs]}), flush=True)
+    if len(summaries) == 2:
+        print(json.dumps(compare(summaries["vsd"], summaries["sds"])), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="both", choices=["sds", "vsd", "both"])
@@ -236,7 +251,12 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="GenerateConfig options (JSON)")
     parser.add_argument("--out", default="outputs/bench_vsd", help="one folder per method and prompt (replaced)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summarise", nargs="*", metavar="LOG", help="no runs: the summary and comparison lines of "
+                        "the prompt lines in these logs (a run split over processes, one per core)")
     args = parser.parse_args()
+    if args.summarise is not None:
+        summarise_logs([Path(log) for log in args.summarise])
+        return
     if args.particles < 1:
         parser.error("--particles must be at least 1")
     torch.set_num_threads(args.threads)

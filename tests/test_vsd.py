@@ -203,7 +203,7 @@ def test_bad_particle_counts_are_clear_errors_and_write_nothing(tmp_path, capsys
 
 
 @pytest.mark.parametrize(("argv", "particles", "omega"), [
-    ([], 2, 30.0), (["--particles", "3", "--guidance", "7"], 3, 7.0), (["--backend", "stable-diffusion"], 2, 6.5)])
+    ([], 2, 7.5), (["--particles", "3", "--guidance", "7"], 3, 7.0), (["--backend", "stable-diffusion"], 2, 6.5)])
 def test_generate_command_passes_particles_and_vsd_guidance(argv, particles, omega, generate_config_of):
     config = generate_config_of(["a red mug", "--method", "vsd", *argv])
     assert config.method == "vsd" and config.vsd.particles == particles and config.vsd.guidance == omega

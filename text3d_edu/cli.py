@@ -158,7 +158,7 @@ def generate_guidance(backend: str, guidance: float | None = None, method: str =
     """ω for ``generate``: the user's ``--guidance``, else the backend's default — the pocket prior's measured
     sweet spot (``SDSConfig``'s default, 30) or, for Stable Diffusion, DreamFusion's ω = 100 (same convention:
     ε̂ = (1 + ω) ε_φ(x_t; y, t) − ω ε_φ(x_t; t); threestudio's ``guidance_scale`` 100 too). For VSD:
-    ``VSDConfig``'s 30 on the pocket prior (the regularisers' calibration, see ``guidance/vsd.py``) and
+    ``VSDConfig``'s 7.5 on the pocket prior (with the regularisers scaled by ω / 30, see ``GenerateConfig``) and
     ProlificDreamer's guidance scale 7.5 (ω = 6.5) on Stable Diffusion."""
     if guidance is not None:
         return guidance

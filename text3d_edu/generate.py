@@ -39,6 +39,7 @@ from text3d_edu.shading import ShadedField, sample_shading
 from text3d_edu.world_render import render
 
 METHODS = ("sds", "sds-jacobian", "clip", "vsd")
+REGULARISER_GUIDANCE = 30.0  # the ω at which the regularisers' default λ were measured (benchmarks/sds_ablation.py)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class GenerateConfig:
     blob_density: float = 10.0
     shading: tuple[float, float, float] | None = None  # p(albedo, lambertian, textureless) per view; None: albedo
     # the geometry terms of ``regularisers``; None: the method's measured default (benchmarks/sds_ablation.py)
+    # VSD's defaults are SDS's × ω / 30: its ω is the prior's ordinary one (see __post_init__)
     sparsity_weight: float | None = None  # λ · opacity of each ray (threestudio's lambda_sparsity); SDS 1, CLIP 0
     sparsity_free: float = 0.15  # the share of each image's pixels whose opacity the sparsity term leaves free
     opaque_weight: float | None = None  # λ · binary entropy of each ray's opacity (no haze); SDS 0.3, CLIP 0
@@ -78,10 +80,15 @@ class GenerateConfig:
             raise ValueError(f"steps must be a positive number of optimisation steps, got {self.steps}")
         if self.grid_resolution is None:
             self.grid_resolution = 16 if self.method == "clip" else 32
+        # The regularisers' λ are prices in units of the guidance gradient at ω = 30, where SDS needs to run and
+        # where they were measured. VSD runs at the prior's ordinary ω (7.5): its guidance gradient is about
+        # ω / 30 as strong, so its prices scale by ω / 30 — unscaled, they outweigh it and the object shrinks to a
+        # dark ball (measured in guidance/vsd.py's docstring).
+        scale = self.vsd.guidance / REGULARISER_GUIDANCE if self.method == "vsd" else 1.0
         if self.sparsity_weight is None:
-            self.sparsity_weight = 0.0 if self.method == "clip" else 1.0
+            self.sparsity_weight = 0.0 if self.method == "clip" else 1.0 * scale
         if self.opaque_weight is None:
-            self.opaque_weight = 0.0 if self.method == "clip" else 0.3
+            self.opaque_weight = 0.0 if self.method == "clip" else 0.3 * scale
         if self.method == "sds-jacobian":
             self.sds = SDSConfig(**{**asdict(self.sds), "unet_jacobian": True})
 

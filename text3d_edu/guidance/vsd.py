@@ -41,11 +41,12 @@ output (the time embedding's width) is added to the time embedding. Either way �
 
 Where ours differs from the paper and threestudio, and why:
 - ω: the paper uses diffusers' guidance scale 7.5 (ω = 6.5 here) with Stable Diffusion, the ordinary sampling
-  ω, where SDS needs ω = 100. The pocket default is SDS's ω = 30 all the same, because ``generate``'s
-  regularisers (sparsity, opaqueness) are calibrated against the guidance gradient at that ω. Measured on
-  "a brown house" (2 particles, 500 steps; silhouette IoU / frame share, truth 0.31): at the pocket prior's
-  sampling ω = 5 VSD gives 0.46 / 0.15, a shrunken dark ball — and so does SDS at ω = 5 (0.48 / 0.15): the
-  sparsity term outweighs the weak guidance; at ω = 15 VSD 0.73 vs SDS 0.70; at ω = 30 VSD 0.84 = SDS 0.84;
+  ω, where SDS needs ω = 100; the pocket default is ω = 7.5 (the pocket prior samples at ω = 5). ``generate``'s
+  regularisers (sparsity, opaqueness) are priced against the guidance gradient at SDS's ω = 30, so for VSD they
+  scale by ω / 30 (``GenerateConfig``). Unscaled, they outweigh the weak guidance: measured on "a brown house"
+  (2 particles, 500 steps; silhouette IoU / frame share, truth 0.31), at ω = 5 VSD gives 0.46 / 0.15, a
+  shrunken dark ball, and so does SDS at ω = 5 (0.48 / 0.15); at ω = 15 VSD 0.73 vs SDS 0.70; at ω = 30
+  VSD 0.84 = SDS 0.84. Scaled, at ω = 7.5: VSD 0.84 (brown from 7 and 8 of the 8 views), SDS 0.85;
 - ε_φ's own guidance: the official code mixes ε_φ with the camera and with the camera dropped at scale 1, i.e.
   the camera-conditioned ε_φ alone: ``lora_guidance`` ω_φ = 0 (another ω_φ uses the camera-dropped branch);
   like threestudio, ε_φ reads the plain prompt (no view suffix): the camera tells it the view;
@@ -80,7 +81,7 @@ class VSDConfig:
     """ω for ε̂_pretrain, ε_φ's own ω_φ, the LoRA (rank, lr, φ steps per θ step), the camera dropout, the ranges
     of t (θ step and φ step, fractions of T), w(t) and the number of particles n."""
 
-    guidance: float = 30.0  # ω of ε̂_pretrain: SDS's on the pocket prior (see above); Stable Diffusion: 6.5
+    guidance: float = 7.5  # ω of ε̂_pretrain: the prior's ordinary ω, not SDS's 30 (see above); Stable Diffusion: 6.5
     lora_guidance: float = 0.0  # ω_φ: ε_φ = (1 + ω_φ) ε_φ(·, c) − ω_φ ε_φ(·, ∅); 0 is the official scale 1
     lora_lr: float = 1e-3
     lora_rank: int = 4
