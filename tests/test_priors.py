@@ -249,7 +249,7 @@ def test_training_runs_resumes_exactly_and_stops_on_nan(tmp_path):
     from accelerate import Accelerator
     from safetensors.torch import load_file
 
-    from text3d_edu.priors.train import STATS_FILE, TrainingDiverged, _loop, train_pocket
+    from text3d_edu.priors.train import STATS_FILE, TrainingDiverged, train_pocket, training_loop
 
     tiny = dict(clip_steps=2, unet_steps=4, n_objects=13, views_per_object=1, threads=1, heldout_objects=13,
                 checkpoint_every=2)
@@ -267,7 +267,7 @@ def test_training_runs_resumes_exactly_and_stops_on_nan(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     with pytest.raises(TrainingDiverged, match="NaN|nan"):
-        _loop("toy", 9, Accelerator(), model, optimizer, schedule, 3,
+        training_loop("toy", 9, Accelerator(), model, optimizer, schedule, 3,
               lambda m, g: m(torch.full((1, 2), math.nan)).sum(), tmp_path, 0, False, 100)
 
 

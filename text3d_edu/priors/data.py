@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from text3d_edu.cameras import sample_cameras, view_label
-from text3d_edu.toyworld import COLOURS, FORMS, KINDS, make_object
+from text3d_edu.toyworld import COLOURS, FORMS, KINDS, PocketObject, make_object
 
 RESOLUTION = 32
 ELEVATION_RANGE = (-10.0, 75.0)
@@ -37,15 +37,27 @@ def view_suffix(label: str) -> str:
     return f", {label} view"
 
 
-def _render_object(i: int, offset: int) -> dict:
-    """Object ``i`` of a data set (kind and colour cycle; form, jitter and cameras seeded by offset + i)."""
-    from text3d_edu.world_render import render
+def dataset_offset(seed: int, held_out: bool = False) -> int:
+    """The seed offset of a data set's objects and cameras (held-out objects never share one with training's)."""
+    return seed * 100_003 + (HELD_OUT_SEED_OFFSET if held_out else 0)
 
+
+def dataset_object(i: int, offset: int) -> PocketObject:
+    """Object ``i`` of a data set: kind and colour cycle through the catalogue; form and jitter seeded by offset + i."""
     kinds, colours, forms = list(KINDS), list(COLOURS), list(FORMS)
     rng = random.Random(offset + i)
     kind, colour = kinds[i % len(kinds)], colours[(i // len(kinds)) % len(colours)]
     form = rng.choice(forms[1:]) if rng.random() < 0.4 else ""
-    obj = make_object(kind, colour, form, seed=offset + i + 1)
+    return make_object(kind, colour, form, seed=offset + i + 1)
+
+
+def _render_object(i: int, offset: int) -> dict:
+    """Object ``i`` of a data set (``dataset_object``) from random cameras seeded by offset + i."""
+    from text3d_edu.world_render import render
+
+    kinds, colours = list(KINDS), list(COLOURS)
+    obj = dataset_object(i, offset)
+    kind, colour = obj.kind, obj.colour
     cams = sample_cameras(_VIEWS[0], torch.Generator().manual_seed(offset + i), elevation_range=ELEVATION_RANGE,
                           radius_range=RADIUS_RANGE, resolution=RESOLUTION)
     rgb = render(obj, cams)["rgb"]  # (V, 32, 32, 3)
@@ -80,7 +92,7 @@ def render_dataset(n_objects: int, views_per_object: int, seed: int = 0, held_ou
             f"_v{DATA_VERSION}.pt")
     if cache_dir is not None and (Path(cache_dir) / name).exists():
         return torch.load(Path(cache_dir) / name)
-    offset = seed * 100_003 + (HELD_OUT_SEED_OFFSET if held_out else 0)
+    offset = dataset_offset(seed, held_out)
     if workers > 1:
         chunks = [(list(range(k, n_objects, 8 * workers)), offset) for k in range(8 * workers)]
         import multiprocessing

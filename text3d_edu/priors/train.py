@@ -48,7 +48,7 @@ def _latest_checkpoint(folder: Path, phase: str) -> tuple[Path | None, int]:
     return (found[-1], int(found[-1].name.split("-")[-1])) if found else (None, 0)
 
 
-def _save_weights(module: torch.nn.Module, path: Path, config: dict) -> None:
+def save_weights(module: torch.nn.Module, path: Path, config: dict) -> None:
     """Save a state dict as float16 safetensors (half the size; the model is used in float32 after loading)."""
     from safetensors.torch import save_file
 
@@ -56,7 +56,7 @@ def _save_weights(module: torch.nn.Module, path: Path, config: dict) -> None:
     save_file(state, str(path), metadata={"config": json.dumps(config)})
 
 
-def _loop(phase: str, phase_id: int, accelerator, model, optimizer, lr_scheduler, steps: int, loss_fn,
+def training_loop(phase: str, phase_id: int, accelerator, model, optimizer, lr_scheduler, steps: int, loss_fn,
           out: Path, seed: int, resume: bool, checkpoint_every: int, ema=None, after_step=None) -> dict:
     """The shared training loop: loss_fn(generator) → scalar loss; returns {"loss": last smoothed loss}."""
     from tqdm.auto import tqdm
@@ -137,7 +137,7 @@ def train_clip(data: dict, steps: int, seed: int, out: Path, resume: bool, batch
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
 
-    result = _loop("clip", 0, accelerator, model, optimizer, lr_scheduler, steps, loss_fn, out, seed, resume,
+    result = training_loop("clip", 0, accelerator, model, optimizer, lr_scheduler, steps, loss_fn, out, seed, resume,
                    checkpoint_every, after_step=clamp_temperature)
     return result["model"], result["loss"]
 
@@ -176,7 +176,7 @@ def train_unet(data: dict, clip_model, steps: int, seed: int, out: Path, resume:
         eps = unet(x_t.to(device), t.to(device), encoder_hidden_states=hidden, class_labels=pooled).sample
         return F.mse_loss(eps, noise.to(device))  # DDPM eq. 14
 
-    result = _loop("unet", 1, accelerator, unet, optimizer, lr_scheduler, steps, loss_fn, out, seed, resume,
+    result = training_loop("unet", 1, accelerator, unet, optimizer, lr_scheduler, steps, loss_fn, out, seed, resume,
                    checkpoint_every, ema=ema)
     ema.copy_to(result["model"].parameters())
     return result["model"], result["loss"]
@@ -234,7 +234,7 @@ def train_pocket(out_dir: str | Path = "runs/pocket_priors", weights_dir: str | 
     else:
         started = time.time()
         clip_model, clip_loss = train_clip(data, clip_steps, seed, out, resume, checkpoint_every=checkpoint_every)
-        _save_weights(clip_model, clip_file, pocket_clip.POCKET_CLIP_CONFIG)
+        save_weights(clip_model, clip_file, pocket_clip.POCKET_CLIP_CONFIG)
         clip_model = _round_to_half(clip_model).eval()
         heldout = _heldout_clip_accuracy(clip_model, seed, heldout_objects, workers)
         done("clip", started, clip_loss=clip_loss, clip_heldout=heldout)
@@ -242,7 +242,7 @@ def train_pocket(out_dir: str | Path = "runs/pocket_priors", weights_dir: str | 
 
     started = time.time()
     unet, unet_loss = train_unet(data, clip_model, unet_steps, seed, out, resume, checkpoint_every=checkpoint_every)
-    _save_weights(unet, out / pocket_diffusion.UNET_WEIGHTS, pocket_diffusion.POCKET_UNET_CONFIG)
+    save_weights(unet, out / pocket_diffusion.UNET_WEIGHTS, pocket_diffusion.POCKET_UNET_CONFIG)
     done("unet", started, unet_loss=unet_loss)
 
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

@@ -1,0 +1,93 @@
+"""Training Point-E's base model and upsampler on the Pocket World; loading the shipped weights.
+
+Both denoisers learn DDPM's simplified loss (``diffusion.training_loss``) on surface clouds of the pairs of
+``point_e.data``, conditioned on the pocket CLIP's embedding of one random view of the same object, dropped 10 %
+of the time. Each step draws a fresh random subset of every cloud's points (the clouds are sets): the base model
+learns K random surface points; the upsampler learns K more given K₀ others as its coarse cloud (the official
+upsampler learns 3072 points given 1024, with the ground-truth coarse cloud in training, as here).
+
+The loop is the pocket priors' (``priors.train.training_loop``: Accelerate, tqdm, NaN stop, checkpoints every
+``checkpoint_every`` steps, exact ``--resume``); the exponential moving average of the weights is shipped as
+float16 safetensors with each model's sizes in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from text3d_edu.point_e.diffusion import make_scheduler, training_loss
+from text3d_edu.point_e.model import DenoiserConfig, PointDenoiser
+from text3d_edu.priors.train import save_weights, training_loop
+
+WEIGHTS = {"base": "point_e_base.safetensors", "upsampler": "point_e_upsampler.safetensors"}
+PHASE_IDS = {"base": 10, "upsampler": 11}  # the training generators' phase numbers, apart from the priors' 0 and 1
+
+
+def random_subsets(clouds: torch.Tensor, index: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``size`` distinct random points of each cloud clouds[index]: (N, P, 6), (B,) → (B, size, 6)."""
+    picked = clouds[index]  # (B, P, 6)
+    order = torch.argsort(torch.rand(picked.shape[:2], generator=generator), dim=1)[:, :size]  # (B, size)
+    return picked.gather(1, order[..., None].expand(-1, -1, picked.shape[-1]))
+
+
+def train_denoiser(name: str, config: DenoiserConfig, data: dict, steps: int, seed: int, out: Path, resume: bool,
+                   batch_size: int = 32, lr: float = 5e-4, ema_decay: float = 0.999,
+                   checkpoint_every: int = 500) -> tuple[PointDenoiser, float]:
+    """Train the ``name`` ("base" or "upsampler") denoiser of sizes ``config``; returns (EMA model, smoothed loss)."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    if config.points + config.coarse_points > data["clouds"].shape[1]:
+        raise ValueError(f"the data's clouds have {data['clouds'].shape[1]} points, fewer than the "
+                         f"{config.points} + {config.coarse_points} the {name} model needs: build the data with "
+                         f"more points")
+    accelerator = Accelerator()
+    torch.manual_seed(seed)
+    model = PointDenoiser(config)
+    ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, foreach=True)
+    ema.to(accelerator.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(250, steps // 10),
+                                 num_training_steps=steps)
+    scheduler = make_scheduler()
+    n_objects, views = data["features"].shape[:2]
+
+    def loss_fn(model, generator):
+        index = torch.randint(n_objects, (batch_size,), generator=generator)  # (B,) objects
+        view = torch.randint(views, (batch_size,), generator=generator)  # (B,) which render conditions each
+        cloud = random_subsets(data["clouds"], index, config.coarse_points + config.points, generator)
+        coarse = cloud[:, :config.coarse_points] if config.coarse_points else None  # (B, K₀, 6)
+        x_0 = cloud[:, config.coarse_points:]  # (B, K, 6)
+        device = accelerator.device
+        return training_loss(model, x_0.to(device), data["features"][index, view].to(device), generator, scheduler,
+                             None if coarse is None else coarse.to(device))
+
+    result = training_loop(f"point_e_{name}", PHASE_IDS[name], accelerator, model, optimizer, lr_scheduler, steps,
+                           loss_fn, out, seed, resume, checkpoint_every, ema=ema)
+    ema.copy_to(result["model"].parameters())
+    return result["model"].eval(), result["loss"]
+
+
+def save_denoiser(model: PointDenoiser, path: str | Path) -> None:
+    """The model as float16 safetensors, its ``DenoiserConfig`` in the metadata."""
+    save_weights(model, Path(path), asdict(model.config))
+
+
+def load_denoiser(path: str | Path) -> PointDenoiser:
+    """A denoiser saved by ``save_denoiser`` (float32, eval mode); a clear error when the file is missing."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no Point-E weights at {path}: train them with `text3d-edu train-pointe`")
+    with safe_open(str(path), "pt") as f:
+        config = DenoiserConfig(**json.loads(f.metadata()["config"]))
+    model = PointDenoiser(config)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return model.eval().requires_grad_(False)
