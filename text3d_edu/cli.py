@@ -7,7 +7,9 @@ answers instantly without importing torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
@@ -52,10 +54,33 @@ def _cmd_make_exercises(args: argparse.Namespace) -> int:
     return 0
 
 
+GRADE_EXIT_STATUS = """exit status:
+  0  every notebook was graded (and reaches --min-score, when given)
+  1  some notebook could not be graded (not a notebook, no matching master) or is below --min-score
+  2  the grader failed: bad arguments or masters, a kernel that does not start, any other error"""
+
+
 def _cmd_grade(args: argparse.Namespace) -> int:
-    from text3d_edu.grading import grader, report
+    try:
+        return _grade(args)
+    except ValueError:  # bad input: main says what to fix
+        raise
+    except Exception:  # a bug or a broken environment must not read as "below the pass mark" (1) in CI
+        traceback.print_exc()
+        print("text3d-edu grade: the grader failed (exit status 2)", file=sys.stderr)
+        return 2
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from text3d_edu.grading import grader, junit, report
     from text3d_edu.grading.sandbox import Limits
 
+    pass_mark = grader.PassMark.parse(args.min_score) if args.min_score is not None else None
+    reports = [Path(path) for path in (args.json, args.csv, args.junit) if path]
+    for report_path in reports:  # before grading, so that a path that cannot be written fails at once
+        report_path.parent.mkdir(parents=True, exist_ok=True)
     limits = Limits(cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout,
                     memory_mb=args.memory_mb)
     results = grader.grade_notebooks(
@@ -66,12 +91,22 @@ def _cmd_grade(args: argparse.Namespace) -> int:
         report.write_json(results, args.json)
     if args.csv:
         report.write_csv(results, args.csv)
+    if args.junit:
+        junit.write_junit(results, args.junit)
+    if args.summary:
+        print(report.summary(results, pass_mark))
+        if os.environ.get("GITHUB_STEP_SUMMARY"):  # GitHub Actions shows this file on the run's page
+            with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+                f.write(report.summary_markdown(results, pass_mark))
     failed = [r.notebook for r in results if not r.graded]
-    written = [str(path) for path in (args.json, args.csv) if path]
+    below = [r.notebook for r in results if r.graded and pass_mark and not pass_mark.reached_by(r)]
     print(f"graded {len(results) - len(failed)} of {len(results)} notebooks"
           + (f"; not graded: {', '.join(failed)}" if failed else "")
-          + (f"; results in {' and '.join(written)}" if written else ""))
-    return 1 if failed else 0
+          + (f"; below {pass_mark}: {', '.join(below)}" if below else "")
+          + (f"; results in {', '.join(map(str, reports))}" if reports else ""))
+    if any(r.grader_failed for r in results):
+        return 2
+    return 1 if failed or below else 0
 
 
 def _cmd_train_pocket(args: argparse.Namespace) -> int:
@@ -280,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the out-of-date files")
     p.set_defaults(func=_cmd_make_exercises)
 
-    p = sub.add_parser("grade", help="grade notebooks against their masters (a class's, or your own)")
+    p = sub.add_parser("grade", help="grade notebooks against their masters (a class's, or your own)",
+                       epilog=GRADE_EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("notebooks", nargs="+")
     p.add_argument("--solutions", help="masters; default: the repository's solutions/")
     p.add_argument("--json", help="write every result to this JSON file")
@@ -290,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebook-timeout", type=float, default=900, help="seconds per notebook")
     p.add_argument("--memory-mb", type=int, default=4096,
                    help="heap limit per notebook (Linux); importing torch alone needs ~1000")
+    p.add_argument("--junit", help="write a JUnit XML report (a suite per notebook, a test per question) for CI")
+    p.add_argument("--min-score", metavar="X",
+                   help="the pass mark: points (5) or a share of each notebook's maximum (60%%); sets the exit status")
+    p.add_argument("--summary", action="store_true",
+                   help="print a per-question table (and append it to $GITHUB_STEP_SUMMARY when that is set)")
     p.set_defaults(func=_cmd_grade)
 
     p = sub.add_parser("train-pocket", help="train the pocket CLIP and diffusion priors (80 min on 2 CPU cores)")

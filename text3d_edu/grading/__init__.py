@@ -7,7 +7,8 @@ Read in this order:
 * ``sandbox`` — running untrusted cells: private folder, time and memory limits, restart after a crash;
 * ``grader`` — a submission against its master: which cells run, how each question scores
   (``text3d-edu grade``);
-* ``report`` — the student's feedback, the ``--json`` file and the ``--csv`` gradebook.
+* ``report`` — the student's feedback, the ``--json`` file, the ``--csv`` gradebook and the ``--summary`` table;
+* ``junit`` — the ``--junit`` report for CI systems.
 """
 
 from text3d_edu.grading.exercises import make_exercises, stale_exercises, student_copy

@@ -12,12 +12,15 @@ For each submission:
    crash);
 4. **score**: one question = one test cell (its ``grade_id``); it earns its ``points`` when the cell ran
    without error, else 0 and a message — the assertion's text (the hint the master wrote) or the error's
-   name and value, never the test's code.
+   name and value, never the test's code;
+5. **the pass mark** (``--min-score``, a ``PassMark``): a notebook reaches it with enough points, or a high
+   enough share of its maximum; one that could not be graded reaches none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +56,7 @@ class SubmissionResult:
     questions: list[QuestionResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # what went wrong around the questions
     graded: bool = True  # False: nothing could be graded (unreadable file, no master, no kernel)
+    grader_failed: bool = False  # True: the grader's fault (no kernel), not the submission's: exit status 2
 
     @property
     def score(self) -> float:
@@ -71,6 +75,37 @@ class SubmissionResult:
             "errors": self.errors,
             "questions": [asdict(q) for q in self.questions],
         }
+
+
+@dataclass(frozen=True)
+class PassMark:
+    """``grade --min-score``: points (``"5"``) or a percentage of each notebook's maximum (``"60%"``)."""
+
+    value: float
+    percent: bool
+
+    @classmethod
+    def parse(cls, text: str) -> PassMark:
+        percent = text.strip().endswith("%")
+        try:
+            value = float(text.strip().removesuffix("%"))
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (percent and value > 100):
+            raise ValueError(f"--min-score takes points (e.g. 5) or a percentage from 0% to 100% (e.g. 60%), "
+                             f"got '{text}'")
+        return cls(value, percent)
+
+    def reached_by(self, result: SubmissionResult) -> bool:
+        """A graded notebook's score is at least the mark (X% of its own maximum); an ungraded one reaches none."""
+        if not result.graded:
+            return False
+        if self.percent:
+            return result.score * 100 >= self.value * result.max_score  # no division: 29 / 100 * 100 < 29 in floats
+        return result.score >= self.value
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else f"{self.value:g} points"
 
 
 # --- the master -------------------------------------------------------------------------------------------
@@ -215,7 +250,8 @@ async def grade_submission(path: Path, masters: dict, limits: Limits) -> Submiss
     try:
         outcomes = await run_cells([source for _, source in cells], Path(path), limits)
     except Exception as err:  # no kernel: nothing ran
-        return SubmissionResult(str(path), exercise, errors=[f"could not be graded: {err}"], graded=False)
+        return SubmissionResult(str(path), exercise, errors=[f"could not be graded: {err}"], graded=False,
+                                grader_failed=True)
     for index, ((cell_id, _), outcome) in enumerate(zip(cells, outcomes)):
         if outcome.kernel_lost:
             where = f"cell '{cell_id}'" if cell_id else f"code cell {index + 1}"
