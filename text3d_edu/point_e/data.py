@@ -5,7 +5,9 @@ whose colours come from those renders; the conditioning image of a training exam
 Here the objects are those of the pocket priors' data set (``priors.data.dataset_object``: balanced kinds ×
 colours, random forms and jitter), the renders are its 32×32 views (``priors.data.render_dataset``, the images
 the pocket CLIP was trained on), and the cloud comes from the object's signed distance function
-(``world_render.surface_points``: points on the surface with their shaded colour, as a render sees them).
+(``world_render.surface_points``: points on the surface) with each point's albedo, the colour the object *is*
+(Point-E takes colours from its lit renders; ours are what every other method's unlit field learns to show, and
+what ``fidelity``'s colour error compares with).
 
 The conditioning is the frozen pocket CLIP's image embedding f_I of one view, precomputed once.
 """
@@ -44,8 +46,9 @@ def cloud_dataset(n_objects: int, views_per_object: int = 4, points: int = 1024,
     offset = pocket_data.dataset_offset(seed, held_out)
     clouds = []
     for i in tqdm(range(n_objects), desc="surface clouds", mininterval=10, disable=not progress):
-        xyz, rgb = surface_points(pocket_data.dataset_object(i, offset), points, seed=offset + i)
-        clouds.append(to_model(xyz, rgb))  # (points, 6)
+        obj = pocket_data.dataset_object(i, offset)
+        xyz, _ = surface_points(obj, points, seed=offset + i)  # (points, 3); its shaded colours are not used
+        clouds.append(to_model(xyz, obj.albedo(xyz)))  # (points, 6)
     images = renders["images"]  # (N·V, 3, 32, 32) uint8, object-major
     with torch.no_grad():
         features = torch.cat([clip.encode_image(chunk.float() / 255) for chunk in images.split(512)])  # (N·V, E)

@@ -91,3 +91,57 @@ def load_denoiser(path: str | Path) -> PointDenoiser:
     model = PointDenoiser(config)
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return model.eval().requires_grad_(False)
+
+
+BASE = DenoiserConfig(points=128, width=64, layers=3, heads=4)  # the shipped sizes (measured in the model card)
+UPSAMPLER = DenoiserConfig(points=384, coarse_points=128, width=64, layers=3, heads=4)
+STATS_FILE = "point_e.json"
+
+
+def train_point_e(out_dir: str | Path = "runs/point_e", weights_dir: str | Path | None = None,
+                  base_steps: int = 10_000, upsampler_steps: int = 10_000, n_objects: int = 1040,
+                  views_per_object: int = 4, seed: int = 0, resume: bool = False, threads: int = 1,
+                  workers: int = 1, checkpoint_every: int = 500, command: str = "") -> dict:
+    """Build the pairs, train the base model then the upsampler, and write both as safetensors into
+    ``weights_dir`` (the package's ``weights/`` by default) with ``point_e.json`` (command, sizes, minutes, losses).
+    With ``resume``, a finished model is loaded from ``out_dir`` and an unfinished one continues from its last
+    checkpoint."""
+    import time
+
+    from text3d_edu.point_e.data import cloud_dataset
+    from text3d_edu.priors.pocket_clip import WEIGHTS_DIR
+
+    torch.set_num_threads(threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    progress_file = out / "progress.json"  # minutes and losses of the finished phases, for --resume
+    progress = json.loads(progress_file.read_text()) if resume and progress_file.exists() else {}
+    minutes, losses = progress.get("minutes", {}), progress.get("loss", {})
+    started = time.time()
+    data = cloud_dataset(n_objects, views_per_object, points=BASE.points + UPSAMPLER.points, seed=seed,
+                         cache_dir=out / "data", workers=workers, progress=True)
+    minutes["data"] = minutes.get("data", 0.0) + (time.time() - started) / 60
+    for name, config, steps in (("base", BASE, base_steps), ("upsampler", UPSAMPLER, upsampler_steps)):
+        path = out / WEIGHTS[name]
+        if resume and path.exists():
+            print(f"[point_e_{name}] resumed: trained weights found at {path}")
+            continue
+        started = time.time()
+        model, losses[name] = train_denoiser(name, config, data, steps, seed, out, resume,
+                                             checkpoint_every=checkpoint_every)
+        save_denoiser(model, path)
+        minutes[name] = (time.time() - started) / 60
+        progress_file.write_text(json.dumps({"minutes": minutes, "loss": losses}, indent=1))
+    stats = {"command": command, "seed": seed, "threads": threads,
+             "steps": {"base": base_steps, "upsampler": upsampler_steps},
+             "data": {"objects": n_objects, "views_per_object": views_per_object,
+                      "points": BASE.points + UPSAMPLER.points},
+             "sizes": {"base": asdict(BASE), "upsampler": asdict(UPSAMPLER)},
+             "minutes": {k: round(v, 2) for k, v in minutes.items()}, "loss": losses,
+             "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    weights = Path(weights_dir or WEIGHTS_DIR)
+    weights.mkdir(parents=True, exist_ok=True)
+    for name in WEIGHTS.values():
+        (weights / name).write_bytes((out / name).read_bytes())
+    (weights / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
+    return stats
