@@ -203,3 +203,33 @@ def test_pipeline_stages_keep_the_base_points_and_are_deterministic(prior, clip)
     assert torch.equal(result["cloud"][:16], result["coarse"])  # the upsampler adds points, the base ones stay
     assert torch.equal(result["cloud"], again["cloud"])
     assert set(result["seconds"]) == {"image", "base", "upsampler"}
+
+
+def test_generate_point_e_writes_a_result_render_can_read_and_names_missing_weights(tmp_path, prior, clip, capsys):
+    from text3d_edu.cli import main
+    from text3d_edu.generate import judge_cameras
+    from text3d_edu.point_e.pipeline import PointEConfig, generate_point_e
+    from text3d_edu.point_e.train import WEIGHTS
+    from text3d_edu.results import load_result
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    save_denoiser(trained_a_little(DenoiserConfig(points=16, width=32, layers=2, heads=2, cond_dim=64)),
+                  weights / WEIGHTS["base"])
+    save_denoiser(trained_a_little(DenoiserConfig(points=24, coarse_points=16, width=32, layers=2, heads=2,
+                                                  cond_dim=64)), weights / WEIGHTS["upsampler"])
+    out = tmp_path / "mug"
+    config = PointEConfig(image_steps=5, steps=4)
+    _, metrics = generate_point_e("a red mug", out, config, prior=prior, clip=clip, weights_dir=weights)
+    for name in ("views.png", "turntable.gif", "cloud.ply", "synthetic_view.png", "metrics.json", "checkpoint.pt"):
+        assert (out / name).exists(), name
+    assert metrics["method"] == "point-e" and metrics["points"] == 40
+    assert set(metrics["stage_seconds"]) == {"image", "base", "upsampler", "solid"}
+    assert "silhouette_iou" in metrics and metrics["chamfer"] > 0
+    assert load_result(out).render(judge_cameras(32)).shape == (8, 3, 32, 32)  # text3d-edu render reads it
+    with pytest.raises(ValueError, match="already holds a result"):
+        generate_point_e("a red mug", out, config, prior=prior, clip=clip, weights_dir=weights)
+    with pytest.raises(FileNotFoundError, match="text3d-edu train-pointe"):
+        generate_point_e("a red mug", tmp_path / "other", config, weights_dir=tmp_path / "nothing")
+    assert main(["generate", "a red mug", "--method", "point-e", "--steps", "10"]) == 2
+    assert "--steps: not options of --method point-e" in capsys.readouterr().err

@@ -170,7 +170,7 @@ def test_generate_vsd_writes_every_particle_renders_back_and_resumes_exactly(tmp
     assert main(["render", str(tmp_path / "a"), "--azimuths", "0", "90", "--out", str(tmp_path / "v.png")]) == 0
 
     # resume: 2 steps, "interrupted" (no metrics.json), then on to 4 — the same particles and ε_φ as straight
-    monkeypatch.setattr(text3d_edu.generate, "_write_outputs", lambda *args: None)  # images are tested above
+    monkeypatch.setattr(text3d_edu.generate, "write_outputs", lambda *args: None)  # images are tested above
     monkeypatch.setattr(text3d_edu.generate, "_write_particle_views", lambda *args: None)
     generate("a red mug", tmp_path / "b", tiny(steps=2, checkpoint_every=2), prior=prior, clip=clip, progress=False)
     (tmp_path / "b" / "metrics.json").unlink()

@@ -126,6 +126,24 @@ def _cmd_train_pocket(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_pointe(args: argparse.Namespace) -> int:
+    from text3d_edu.point_e.train import train_point_e
+    from text3d_edu.priors.train import TrainingDiverged
+
+    command = (f"text3d-edu train-pointe --base-steps {args.base_steps} --upsampler-steps {args.upsampler_steps} "
+               f"--objects {args.objects} --seed {args.seed} --threads {args.threads}")
+    try:
+        stats = train_point_e(args.out, args.weights_dir, base_steps=args.base_steps,
+                              upsampler_steps=args.upsampler_steps, n_objects=args.objects, seed=args.seed,
+                              resume=args.resume, threads=args.threads, workers=args.workers, command=command)
+    except TrainingDiverged as err:
+        print(f"text3d-edu train-pointe: stopped: {err}", file=sys.stderr)
+        return 1
+    print(f"trained in {sum(stats['minutes'].values()):.1f} min; weights and point_e.json written "
+          f"to {args.weights_dir or 'text3d_edu/weights'}")
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -207,6 +225,8 @@ def generate_guidance(backend: str, guidance: float | None = None, method: str =
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    if args.method == "point-e":
+        return _generate_point_e(args)
     import torch
 
     from text3d_edu.generate import GenerateConfig, generate
@@ -243,6 +263,30 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_point_e(args: argparse.Namespace) -> int:
+    import torch
+
+    from text3d_edu.point_e.pipeline import PointEConfig, generate_point_e
+
+    torch.set_num_threads(args.threads)
+    given = {"--particles": args.particles is not None, "--steps": args.steps is not None, "--resume": args.resume,
+             "--no-view-prompt": args.no_view_prompt, "--backend": args.backend != "pocket"}
+    if any(given.values()):
+        raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: not options of --method point-e, which "
+                         "samples with the pocket priors and Point-E models (it takes --seed, --guidance, --out, "
+                         "--threads)")
+    config = PointEConfig(**({"guidance": args.guidance} if args.guidance is not None else {}))
+    try:
+        _, metrics = generate_point_e(args.prompt, args.out, config, seed=args.seed)
+    except FileNotFoundError as err:  # no Point-E weights: say how to train them
+        print(f"text3d-edu generate: {err}", file=sys.stderr)
+        return 2
+    judged = ", ".join(f"{k} {metrics[k]}" for k in ("kind_acc", "colour_acc", "clip_rprecision"))
+    print(f"{args.prompt!r} (point-e, {metrics['points']} points, {metrics['seconds']:.0f} s): {judged}; "
+          f"views.png, turntable.gif, mesh.glb, cloud.ply, synthetic_view.png and metrics.json in {args.out}")
+    return 0
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     import torch
 
@@ -271,10 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the known kinds and colours")
     p.set_defaults(func=_cmd_world)
 
-    p = sub.add_parser("generate", help="text → 3D by distillation: Dream Fields (clip), DreamFusion (sds) or "
-                                        "ProlificDreamer (vsd)")
+    p = sub.add_parser("generate", help="text → 3D by distillation: Dream Fields (clip), DreamFusion (sds), "
+                                        "ProlificDreamer (vsd); or by Point-E's sampler (point-e)")
     p.add_argument("prompt", help='e.g. "a red mug"')
-    p.add_argument("--method", choices=["sds", "sds-jacobian", "clip", "vsd"], default="sds")
+    p.add_argument("--method", choices=["sds", "sds-jacobian", "clip", "vsd", "point-e"], default="sds",
+                   help="point-e samples a cloud (text → image → cloud) instead of optimising a field")
     p.add_argument("--particles", type=int, default=None,
                    help="VSD's number of 3D scenes n (default 2), optimised together")
     p.add_argument("--out", default="outputs/generate")
@@ -282,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 500)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight ω (default: the backend's; SDS 30 pocket, 100 "
-                        "stable-diffusion; VSD 30 pocket, 6.5 stable-diffusion)")
+                        "stable-diffusion; VSD 7.5 pocket, 6.5 stable-diffusion; point-e: the cloud models' s, 3)")
     p.add_argument("--no-view-prompt", action="store_true", help="do not append ', front view' etc. (Janus!)")
     p.add_argument("--backend", choices=["pocket", "stable-diffusion"], default="pocket")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -343,6 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="processes that render the training set")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.set_defaults(func=_cmd_train_pocket)
+
+    p = sub.add_parser("train-pointe", help="train Point-E's base model and upsampler on Pocket World clouds")
+    p.add_argument("--out", default="runs/point_e", help="checkpoints and the cached clouds and renders")
+    p.add_argument("--weights-dir", default=None, help="where the safetensors go (default: the package's)")
+    p.add_argument("--base-steps", type=int, default=10_000)
+    p.add_argument("--upsampler-steps", type=int, default=10_000)
+    p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (4 renders each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.set_defaults(func=_cmd_train_pointe)
 
     p = sub.add_parser("sample", help="sample images from a diffusion prior into a PNG grid")
     p.add_argument("prompt", help='e.g. "a red mug" or "a red mug, back view"')

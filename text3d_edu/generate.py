@@ -313,7 +313,7 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
     views = render_views(field_, judge_cameras(config.resolution))
     metrics = _field_metrics(field_, views, prompt, clip, truths, initial, config, seconds)
     if out:
-        _write_outputs(field_, views, metrics, out, config)
+        write_outputs(field_, views, metrics, out)
     return field_, metrics
 
 
@@ -453,37 +453,38 @@ def _generate_vsd(prompt: str, out: Path | None, config: GenerateConfig, prior, 
         for k, (particle, v, m) in enumerate(zip(particles, views, per_particle)):
             (out / f"particle_{k}").mkdir(parents=True, exist_ok=True)
             torch.save({"field": particle.state_dict()}, out / f"particle_{k}" / "checkpoint.pt")  # a grid result
-            _write_outputs(particle, v, m, out / f"particle_{k}", config)
-        _write_particle_views(views, metrics, out / "views.png", config)
+            write_outputs(particle, v, m, out / f"particle_{k}")
+        _write_particle_views(views, metrics, out / "views.png")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return particles, metrics
 
 
-def _write_particle_views(views: list[torch.Tensor], metrics: dict, path: Path, config: GenerateConfig) -> None:
+def _write_particle_views(views: list[torch.Tensor], metrics: dict, path: Path) -> None:
     """One row per particle (n × (8, 3, H, W)) under the truth's row, when the prompt has a true object."""
     from text3d_edu import viz
 
     titles = [f"particle {k}: {m['judged_as'][i].removeprefix('a ')}"
               for k, m in enumerate(metrics["per_particle"]) for i in range(len(views[k]))]
-    images, titles = _under_truth(torch.cat(views).permute(0, 2, 3, 1), titles, metrics, config)
+    images, titles = _under_truth(torch.cat(views).permute(0, 2, 3, 1), titles, metrics)
     viz.image_grid(images, ncols=len(views[0]), titles=titles, path=path, scale=1.3)
 
 
-def _under_truth(images: torch.Tensor, titles: list[str], metrics: dict, config: GenerateConfig
-                 ) -> tuple[torch.Tensor, list[str]]:
-    """For a Pocket World caption, its true object's row (same cameras) on top of ``images`` (B, H, W, 3)."""
+def _under_truth(images: torch.Tensor, titles: list[str], metrics: dict) -> tuple[torch.Tensor, list[str]]:
+    """For a Pocket World caption, its true object's row (the judge's cameras) on top of ``images`` (B, H, W, 3)."""
     if "silhouette_iou" not in metrics:
         return images, titles
-    truth = render(toyworld.parse_caption(metrics["prompt"]), judge_cameras(config.resolution))["rgb"]
+    truth = render(toyworld.parse_caption(metrics["prompt"]), judge_cameras(images.shape[1]))["rgb"]
     return torch.cat([truth, images]), ["truth"] * len(truth) + titles
 
 
-def _write_outputs(field_, views: torch.Tensor, metrics: dict, out: Path, config: GenerateConfig) -> None:
+def write_outputs(field_, views: torch.Tensor, metrics: dict, out: Path) -> None:
+    """A grid result's files in ``out``: views.png (the judge's ``views`` (8, 3, H, W) under the truth's),
+    turntable.gif, mesh.glb and metrics.json."""
     from text3d_edu import mesh, viz
 
     out.mkdir(parents=True, exist_ok=True)
     images, titles = _under_truth(views.permute(0, 2, 3, 1),
-                                  [f"judged: {j.removeprefix('a ')}" for j in metrics["judged_as"]], metrics, config)
+                                  [f"judged: {j.removeprefix('a ')}" for j in metrics["judged_as"]], metrics)
     viz.image_grid(images, ncols=8, titles=titles, path=out / "views.png", scale=1.3)
     viz.turntable_gif(lambda cams: render_views(field_, cams).permute(0, 2, 3, 1), out / "turntable.gif",
                       resolution=64)

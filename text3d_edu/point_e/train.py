@@ -145,3 +145,11 @@ def train_point_e(out_dir: str | Path = "runs/point_e", weights_dir: str | Path 
         (weights / name).write_bytes((out / name).read_bytes())
     (weights / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
     return stats
+
+
+def load_point_e(weights_dir: str | Path | None = None) -> tuple[PointDenoiser, PointDenoiser]:
+    """The shipped (or ``weights_dir``'s) base model and upsampler."""
+    from text3d_edu.priors.pocket_clip import WEIGHTS_DIR
+
+    folder = Path(weights_dir or WEIGHTS_DIR)
+    return load_denoiser(folder / WEIGHTS["base"]), load_denoiser(folder / WEIGHTS["upsampler"])
