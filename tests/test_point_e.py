@@ -190,6 +190,27 @@ def test_a_true_surface_cloud_becomes_the_true_solid(prompt):
     assert figures["colour_error"] < 0.1
 
 
+def test_cloud_fidelity_tells_the_true_cloud_from_another_kind_and_a_wrong_colour():
+    from text3d_edu import toyworld
+    from text3d_edu.point_e.pipeline import cloud_fidelity
+    from text3d_edu.world_render import surface_points
+
+    mug = toyworld.parse_caption("a red mug")
+    xyz, _ = surface_points(mug, 512, seed=1)
+    own = cloud_fidelity(xyz, mug.albedo(xyz), "a red mug")
+    assert own["chamfer_ratio"] < 0.5 and own["point_colour_ok"] and own["point_colours"] == ["red"]  # measured 0.33
+    stool = toyworld.parse_caption("a blue stool")
+    xyz, _ = surface_points(stool, 512, seed=1)
+    other = cloud_fidelity(xyz, stool.albedo(xyz), "a red mug")
+    assert other["chamfer_ratio"] > 1 and other["nearest_other_kind"] == "stool"
+    assert not other["point_colour_ok"] and other["point_colours"] == ["blue"]
+    stack = toyworld.parse_caption("a small red cube on top of a large blue cube")
+    xyz, _ = surface_points(stack, 512, seed=1)
+    assert cloud_fidelity(xyz, stack.albedo(xyz), stack.caption)["point_colours"] == ["red", "blue"]
+    swapped = cloud_fidelity(xyz, stack.albedo(xyz).flip(-1), stack.caption)  # red ↔ blue channels
+    assert not swapped["point_colour_ok"]
+
+
 def test_pipeline_stages_keep_the_base_points_and_are_deterministic(prior, clip):
     from text3d_edu.point_e.pipeline import PointEConfig, text_to_cloud
 

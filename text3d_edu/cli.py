@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/point_e", help="checkpoints and the cached clouds and renders")
     p.add_argument("--weights-dir", default=None, help="where the safetensors go (default: the package's)")
     p.add_argument("--base-steps", type=int, default=10_000)
-    p.add_argument("--upsampler-steps", type=int, default=10_000)
+    p.add_argument("--upsampler-steps", type=int, default=4_000)
     p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (4 renders each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

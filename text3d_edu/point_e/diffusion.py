@@ -4,10 +4,14 @@
   *cosine* schedule (Nichol & Dhariwal 2021, eq. 17; diffusers' ``squaredcos_cap_v2``) over T = 1024 steps.
 - Training (DDPM eq. 14): L = ‖ε − ε̂(x_t; t, f_I)‖², t ~ U{0, …, T−1}; the image features f_I are dropped (set to
   zero) for 10 % of the clouds so that one model gives both ε̂(x_t; t, c) and ε̂(x_t; t, ∅).
-- Sampling with classifier-free guidance, as the seed writes it: ε̂ = ε̂(x_t; ∅) + s (ε̂(x_t; c) − ε̂(x_t; ∅)),
-  Point-E's s = 3 for both models. The official code samples with Karras et al.'s Heun sampler (64 steps, with
-  stochastic "churn"); we use DDIM (η = 0, diffusers' ``DDIMScheduler``, 64 steps): deterministic, so a seed
-  gives the same cloud every run (nbval re-runs the lecture), and the same sampler lecture 00 derives for images.
+- Sampling with classifier-free guidance, as the seed writes it: ε̂ = ε̂(x_t; ∅) + s (ε̂(x_t; c) − ε̂(x_t; ∅)).
+  The official code samples with Karras et al.'s Heun sampler (64 steps, with stochastic "churn", s = 3); we use
+  diffusers' ``DDIMScheduler`` over 64 steps with η = 1, i.e. a fresh noise draw at each step as in DDPM's
+  ancestral sampler (the stochastic part plays churn's role; the draws come from the seeded generator, so a seed
+  gives the same cloud every run and nbval can re-run the lecture), the same sampler lecture 00 derives for images.
+  Measured with the shipped models on 16 training objects of every kind (Chamfer distance of the 512-point cloud to
+  the true one): η = 1, s = 2: 0.104; η = 0, s = 3 (deterministic DDIM at Point-E's s): 0.162; η = 1, s = 3:
+  0.116; η = 1, s = 0 (no guidance): 0.134. A Karras/Heun sampler did no better on our models (0.125–0.19).
   Like the official ``clip_denoised``, each step's estimate of x_0 is clipped to [−1, 1].
 
 Clouds live in the model's units: xyz as in the Pocket World ([−1, 1]³) and rgb ∈ [0, 1] mapped to [−1, 1]
@@ -58,10 +62,11 @@ def training_loss(model: PointDenoiser, x_0: Tensor, cond: Tensor, generator: to
 
 
 @torch.no_grad()
-def sample(model: PointDenoiser, cond: Tensor, generator: torch.Generator, guidance: float = 3.0, steps: int = 64,
-           coarse: Tensor | None = None) -> Tensor:
+def sample(model: PointDenoiser, cond: Tensor, generator: torch.Generator, guidance: float = 2.0, steps: int = 64,
+           coarse: Tensor | None = None, eta: float = 1.0) -> Tensor:
     """Clouds (B, K, 6) for image features cond (B, E) (and coarse clouds (B, K₀, 6) for an upsampler), by DDIM
-    from x_T ~ N(0, I) with classifier-free guidance s = ``guidance`` (0: the conditional model alone)."""
+    from x_T ~ N(0, I) with classifier-free guidance s = ``guidance`` (0: the conditional model alone) and
+    stochasticity η = ``eta`` (0: deterministic DDIM; 1: a fresh draw from ``generator`` at every step)."""
     scheduler = make_scheduler()
     scheduler.set_timesteps(steps)
     batch = cond.shape[0]
@@ -76,5 +81,5 @@ def sample(model: PointDenoiser, cond: Tensor, generator: torch.Generator, guida
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)  # ε̂(∅) + s (ε̂(c) − ε̂(∅))
         else:
             eps = model(x, timesteps, cond, coarse)
-        x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        x = scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
     return x
