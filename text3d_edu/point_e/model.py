@@ -19,7 +19,9 @@ prediction: like the official ``CLIPImagePointDiffusionTransformer``, a dropped 
 f_I = 0 (``cond=None``). The upsampler always sees its coarse cloud: the guidance is over the image only.
 
 Where ours differs: ``nn.TransformerEncoder`` (pre-LayerNorm) instead of Point-E's own blocks; widths of a few
-hundred thousand parameters instead of 40M–1B, so that it trains on a laptop CPU.
+hundred thousand parameters instead of 40M–1B, so that it trains on a laptop CPU. Our one f_I token is the official
+single-vector variant's (``base40M-imagevec``, which also scales f_I by √dim); the paper's main models instead feed
+CLIP's grid of 256 patch embeddings as 256 tokens, and predict a variance beside ε (12 output channels).
 """
 
 from __future__ import annotations
