@@ -4,7 +4,7 @@
   *cosine* schedule (Nichol & Dhariwal 2021, eq. 17; diffusers' ``squaredcos_cap_v2``) over T = 1024 steps.
 - Training (DDPM eq. 14): L = ‖ε − ε̂(x_t; t, f_I)‖², t ~ U{0, …, T−1}; the image features f_I are dropped (set to
   zero) for 10 % of the clouds so that one model gives both ε̂(x_t; t, c) and ε̂(x_t; t, ∅).
-- Sampling with classifier-free guidance, as the seed writes it: ε̂ = ε̂(x_t; ∅) + s (ε̂(x_t; c) − ε̂(x_t; ∅)).
+- Sampling with classifier-free guidance (Ho & Salimans 2022): ε̂ = ε̂(x_t; ∅) + s (ε̂(x_t; c) − ε̂(x_t; ∅)).
   The official code samples with Karras et al.'s Heun sampler (64 steps, with stochastic "churn", s = 3); we use
   diffusers' ``DDIMScheduler`` over 64 steps with η = 1, i.e. a fresh noise draw at each step as in DDPM's
   ancestral sampler (the stochastic part plays churn's role; the draws come from the seeded generator, so a seed
