@@ -19,6 +19,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -105,6 +106,17 @@ TRUTH_POINTS = 4096  # the true surface clouds the generated one is measured aga
 # sampling adds little (a true 512-point cloud is 0.02–0.04 from them, 0.08–0.17 from the nearest other kind's)
 
 
+@lru_cache(maxsize=64)
+def true_surface(kind: str, colour: str, form: str = "", second_colour: str = "") -> Tensor:
+    """``TRUTH_POINTS`` points (N, 3) on the surface of ``toyworld.make_object(kind, colour, form, …)``, computed once
+    per object (``cloud_fidelity`` compares every cloud with all 13 kinds)."""
+    from text3d_edu import toyworld
+    from text3d_edu.world_render import surface_points
+
+    return surface_points(toyworld.make_object(kind, colour, form, second_colour=second_colour), TRUTH_POINTS,
+                          seed=0)[0]
+
+
 def nearest_colour(rgb: Tensor) -> str:
     """The catalogue colour (``toyworld.COLOURS``) nearest to the median colour of rgb (N, 3)."""
     from text3d_edu import toyworld
@@ -124,13 +136,11 @@ def cloud_fidelity(xyz: Tensor, rgb: Tensor, prompt: str) -> dict:
       cube, the points split by the true part they are nearest to) and ``point_colour_ok``.
     """
     from text3d_edu import toyworld
-    from text3d_edu.world_render import surface_points
 
     obj = toyworld.parse_caption(prompt)
-    distance = {}
-    for kind in toyworld.KINDS:
-        other = obj if kind == obj.kind else toyworld.make_object(kind, obj.colour, obj.form)
-        distance[kind] = chamfer_distance(xyz, surface_points(other, TRUTH_POINTS, seed=0)[0])
+    distance = {kind: chamfer_distance(xyz, true_surface(kind, obj.colour, obj.form,
+                                                         obj.second_colour if kind == obj.kind else ""))
+                for kind in toyworld.KINDS}
     nearest_other = min((d, kind) for kind, d in distance.items() if kind != obj.kind)
     if obj.second_colour:  # each cube's points: the part they are nearest to says which cube
         part = obj.part_distances(xyz).argmin(dim=0)  # (N,)
