@@ -13,7 +13,7 @@ Beside each row, ``truth_chamfer_ratio`` is the same ratio for a true cloud of a
 the true surface): the best a perfect model could score, since a cloud of 512 points is itself a sparse sample.
 The summary line gives the shares and means over the prompts, and the training minutes from ``point_e.json``.
 
-    python benchmarks/point_e.py [--prompts ...] [--seed 0] [--out outputs/bench_point_e]
+    python benchmarks/point_e.py [--prompts ...] [--seed 0] [--out outputs/bench_point_e] [--weights-dir DIR]
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/bench_point_e", help="one folder per prompt (replaced)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--weights-dir", default=None, help="weights from `text3d-edu train-pointe --weights-dir` "
+                                                           "(default: the shipped ones)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clip, prior = load_clip("pocket"), load_diffusion("pocket")
@@ -69,7 +71,8 @@ def main() -> None:
         out = Path(args.out) / prompt.replace(" ", "_")
         shutil.rmtree(out, ignore_errors=True)  # the benchmark's own output folder
         started = time.perf_counter()
-        _, metrics = generate_point_e(prompt, out, seed=args.seed, prior=prior, clip=clip)
+        _, metrics = generate_point_e(prompt, out, seed=args.seed, prior=prior, clip=clip,
+                                      weights_dir=args.weights_dir)
         obj = toyworld.parse_caption(prompt)
         true_xyz, _ = surface_points(obj, metrics["points"], seed=args.seed + 1)
         truth = cloud_fidelity(true_xyz, obj.albedo(true_xyz), prompt)
@@ -87,7 +90,7 @@ def main() -> None:
     def mean(key: str) -> float:
         return round(statistics.mean(r[key] for r in rows), 3)
 
-    stats_file = WEIGHTS_DIR / STATS_FILE
+    stats_file = Path(args.weights_dir or WEIGHTS_DIR) / STATS_FILE
     training = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     print(json.dumps({
         "summary": True, "prompts": len(rows), "seed": args.seed, "threads": args.threads,

@@ -131,11 +131,13 @@ def _cmd_train_pointe(args: argparse.Namespace) -> int:
     from text3d_edu.priors.train import TrainingDiverged
 
     command = (f"text3d-edu train-pointe --base-steps {args.base_steps} --upsampler-steps {args.upsampler_steps} "
-               f"--objects {args.objects} --seed {args.seed} --threads {args.threads}")
+               f"--objects {args.objects} --width {args.width} --layers {args.layers} --seed {args.seed} "
+               f"--threads {args.threads}")
     try:
         stats = train_point_e(args.out, args.weights_dir, base_steps=args.base_steps,
                               upsampler_steps=args.upsampler_steps, n_objects=args.objects, seed=args.seed,
-                              resume=args.resume, threads=args.threads, workers=args.workers, command=command)
+                              resume=args.resume, threads=args.threads, workers=args.workers, command=command,
+                              width=args.width, layers=args.layers)
     except TrainingDiverged as err:
         print(f"text3d-edu train-pointe: stopped: {err}", file=sys.stderr)
         return 1
@@ -395,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-steps", type=int, default=10_000)
     p.add_argument("--upsampler-steps", type=int, default=4_000)
     p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (4 renders each)")
+    p.add_argument("--width", type=int, default=64, help="both transformers' width (a multiple of their 4 heads)")
+    p.add_argument("--layers", type=int, default=3, help="both transformers' depth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="processes that render the training set")

@@ -54,10 +54,11 @@ def training_loss(model: PointDenoiser, x_0: Tensor, cond: Tensor, generator: to
     clouds (B, K₀, 6)); each condition is replaced by zeros with probability ``condition_dropout``."""
     scheduler = scheduler or make_scheduler()
     batch = x_0.shape[0]
-    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)  # (B,)
-    eps = torch.randn(x_0.shape, generator=generator)  # ε: (B, K, 6)
+    # drawn from the (CPU) generator, then moved: the same draws on any device
+    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator).to(x_0.device)  # (B,)
+    eps = torch.randn(x_0.shape, generator=generator).to(x_0)  # ε: (B, K, 6)
     x_t = scheduler.add_noise(x_0, eps, t)
-    keep = (torch.rand(batch, generator=generator) >= condition_dropout).float()[:, None]  # (B, 1)
+    keep = (torch.rand(batch, generator=generator) >= condition_dropout).to(x_0)[:, None]  # (B, 1)
     return F.mse_loss(model(x_t, t, cond * keep, coarse), eps)
 
 

@@ -56,7 +56,8 @@ class DenoiserConfig:
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """The transformer's sinusoidal embedding of the timesteps t (B,) → (B, dim) (as in DDPM and Point-E)."""
     half = dim // 2
-    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)  # (half,)
+    steps = torch.arange(half, dtype=torch.float32, device=t.device)
+    frequencies = torch.exp(-math.log(max_period) * steps / half)  # (half,)
     angles = t.float()[:, None] * frequencies[None]  # (B, half)
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 

@@ -14,7 +14,7 @@ float16 safetensors with each model's sizes in its metadata.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -104,9 +104,11 @@ STATS_FILE = "point_e.json"
 def train_point_e(out_dir: str | Path = "runs/point_e", weights_dir: str | Path | None = None,
                   base_steps: int = 10_000, upsampler_steps: int = 4_000, n_objects: int = 1040,
                   views_per_object: int = 4, seed: int = 0, resume: bool = False, threads: int = 1,
-                  workers: int = 1, checkpoint_every: int = 500, command: str = "") -> dict:
+                  workers: int = 1, checkpoint_every: int = 500, command: str = "", width: int = BASE.width,
+                  layers: int = BASE.layers) -> dict:
     """Build the pairs, train the base model then the upsampler, and write both as safetensors into
     ``weights_dir`` (the package's ``weights/`` by default) with ``point_e.json`` (command, sizes, minutes, losses).
+    ``width`` and ``layers`` size both transformers (the shipped ones: ``BASE``, ``UPSAMPLER``).
     With ``resume``, a finished model is loaded from ``out_dir`` and an unfinished one continues from its last
     checkpoint."""
     import time
@@ -120,11 +122,12 @@ def train_point_e(out_dir: str | Path = "runs/point_e", weights_dir: str | Path 
     progress_file = out / "progress.json"  # minutes and losses of the finished phases, for --resume
     progress = json.loads(progress_file.read_text()) if resume and progress_file.exists() else {}
     minutes, losses = progress.get("minutes", {}), progress.get("loss", {})
+    base, upsampler = (replace(c, width=width, layers=layers) for c in (BASE, UPSAMPLER))
     started = time.time()
-    data = cloud_dataset(n_objects, views_per_object, points=BASE.points + UPSAMPLER.points, seed=seed,
+    data = cloud_dataset(n_objects, views_per_object, points=base.points + upsampler.points, seed=seed,
                          cache_dir=out / "data", workers=workers, progress=True)
     minutes["data"] = minutes.get("data", 0.0) + (time.time() - started) / 60
-    for name, config, steps in (("base", BASE, base_steps), ("upsampler", UPSAMPLER, upsampler_steps)):
+    for name, config, steps in (("base", base, base_steps), ("upsampler", upsampler, upsampler_steps)):
         path = out / WEIGHTS[name]
         if resume and path.exists():
             print(f"[point_e_{name}] resumed: trained weights found at {path}")
@@ -138,8 +141,8 @@ def train_point_e(out_dir: str | Path = "runs/point_e", weights_dir: str | Path 
     stats = {"command": command, "seed": seed, "threads": threads,
              "steps": {"base": base_steps, "upsampler": upsampler_steps}, "batch_size": BATCH_SIZE,
              "data": {"objects": n_objects, "views_per_object": views_per_object,
-                      "points": BASE.points + UPSAMPLER.points},
-             "sizes": {"base": asdict(BASE), "upsampler": asdict(UPSAMPLER)},
+                      "points": base.points + upsampler.points},
+             "sizes": {"base": asdict(base), "upsampler": asdict(upsampler)},
              "minutes": {k: round(v, 2) for k, v in minutes.items()}, "loss": losses,
              "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"}
     weights = Path(weights_dir or WEIGHTS_DIR)
