@@ -116,6 +116,8 @@ def test_gradients_match_finite_differences():
 
     loss().backward()
     assert model.sdf.grad.abs().sum() > 0 and model.deformation.grad.abs().sum() > 0
+    # only the vertices on crossing edges matter to the surface
+    assert 0 < int((model.sdf.grad != 0).sum()) < model.sdf.numel() // 2
     index = np.unravel_index(model.deformation.grad.abs().argmax().item(), model.deformation.shape)
     with torch.no_grad():
         model.deformation[index] += step
@@ -123,6 +125,10 @@ def test_gradients_match_finite_differences():
         model.deformation[index] -= 2 * step
         down = loss().item()
     assert model.deformation.grad[index].item() == pytest.approx((up - down) / (2 * step), rel=1e-5)
+    # the deformation is bounded: however large Δv, a vertex moves at most half a cell (1/R) along each axis
+    with torch.no_grad():
+        model.deformation.fill_(1e3)
+    assert (model.deformed_positions() - model.grid_positions).abs().max() <= 1 / 4 + 1e-12
 
 
 def test_pocket_world_object_agrees_with_marching_cubes():
@@ -173,7 +179,7 @@ def test_bad_input_raises_with_the_fix():
         marching_tetrahedra(positions, torch.zeros(5), tets)
     with pytest.raises(ValueError, match=r"tets of shape \(T, 4\)"):
         marching_tetrahedra(positions, torch.zeros(len(positions)), tets[:, :3])
-    with pytest.raises(ValueError, match="never changes sign.*choose a threshold"):
+    with pytest.raises(ValueError, match="never changes sign.*negative inside the object"):
         marching_tetrahedra(positions, torch.ones(len(positions)), tets)
     model = DMTet(resolution=4)
     with pytest.raises(ValueError, match=r"cubic grid \(R, R, R\)"):

@@ -1,13 +1,13 @@
 """DMTet: a surface you can optimise as a mesh (Shen et al., "Deep Marching Tetrahedra", NeurIPS 2021), as Magic3D
-uses it for its fine stage (Lin et al., CVPR 2023, sec. 4.2).
+uses it for its fine stage (Lin et al., "Magic3D", CVPR 2023: the mesh optimisation of its second stage).
 
 The shape is stored on a fixed tetrahedral grid (V_T, T): every grid vertex v_i carries a signed distance s_i
-(inside where s < 0) and a small deformation Δv_i. Differentiable marching tetrahedra (paper sec. 3.2) turns the
-deformed grid into a triangle mesh:
+(inside where s < 0) and a small deformation Δv_i. Differentiable marching tetrahedra (the paper's surface
+extraction) turns the deformed grid into a triangle mesh:
 
 1. ``tetrahedral_grid``: the cube [−1, 1]³ cut into R³ cells and every cell into 6 tetrahedra (the Kuhn split).
 2. ``marching_tetrahedra``: in every tetrahedron whose four s_i do not share one sign, put a vertex on each edge
-   whose ends differ in sign, where the linear interpolation of s is zero (paper eq. 2):
+   whose ends differ in sign, where the linear interpolation of s is zero (the paper's vertex formula):
        v'_ab = (s_a · v_b − s_b · v_a) / (s_a − s_b)
    and join them into 1 triangle (one vertex differs from the other three) or 2 (two against two): the 16-case
    table, built below from the geometry rather than typed in. v'_ab is a smooth function of s_a, s_b, v_a, v_b,
@@ -127,7 +127,7 @@ TRIANGLE_TABLE, TRIANGLE_COUNT = _build_case_table()
 
 
 def interpolate_edge(p_a: Tensor, p_b: Tensor, s_a: Tensor, s_b: Tensor) -> Tensor:
-    """The zero crossing of s on the edge a–b (DMTet eq. 2): (s_a·p_b − s_b·p_a) / (s_a − s_b).
+    """The zero crossing of s on the edge a–b (DMTet's v'_ab): (s_a·p_b − s_b·p_a) / (s_a − s_b).
 
     p_a, p_b (E, 3), s_a, s_b (E,) with opposite signs → (E, 3). Where s is linear along the edge this is exactly
     the point where it vanishes; it is differentiable in all four arguments.
@@ -147,6 +147,7 @@ def marching_tetrahedra(positions: Tensor, sdf: Tensor, tets: Tensor) -> tuple[T
                          f"{tuple(sdf.shape)}")
     if tets.ndim != 2 or tets.shape[1] != 4:
         raise ValueError(f"expected tets of shape (T, 4), got {tuple(tets.shape)}")
+    device = sdf.device
     inside = sdf < 0  # (V,)
     # 1. the tetrahedra the surface passes through: some but not all of their vertices inside
     #    (a byte per vertex and index_select: this lookup over all 6R³ tetrahedra is most of the time at R = 64)
@@ -154,25 +155,26 @@ def marching_tetrahedra(positions: Tensor, sdf: Tensor, tets: Tensor) -> tuple[T
     crossed_tets = tets[(inside_count > 0) & (inside_count < 4)]  # (T', 4)
     if crossed_tets.shape[0] == 0:
         raise ValueError(f"the SDF never changes sign on the grid (range {sdf.min():.3g}..{sdf.max():.3g}): there is "
-                         "no surface; choose a threshold τ inside the field's range or a finer grid")
+                         "no surface; pass an SDF negative inside the object (from a density, a threshold τ inside its "
+                         "range), or a finer grid if the object is thinner than a cell")
     # 2. their edges, each grid edge once: sorted vertex pairs (a < b), deduplicated by the key a·V + b
     #    (one integer per edge: torch.unique on integers is ~20× faster than on rows)
     n_vertices = positions.shape[0]
-    edges = crossed_tets[:, TET_EDGES].reshape(-1, 2).sort(dim=1).values  # (6T', 2)
+    edges = crossed_tets[:, TET_EDGES.to(device)].reshape(-1, 2).sort(dim=1).values  # (6T', 2)
     unique_keys, edge_of_slot = torch.unique(edges[:, 0] * n_vertices + edges[:, 1], return_inverse=True)
     unique_edges = torch.stack([unique_keys // n_vertices, unique_keys % n_vertices], dim=1)  # (E, 2)
     crossing = inside[unique_edges[:, 0]] != inside[unique_edges[:, 1]]  # (E,)
-    # 3. one mesh vertex per crossing edge, at the zero of s (eq. 2)
+    # 3. one mesh vertex per crossing edge, at the zero of s: v'_ab
     a, b = unique_edges[crossing].T
     vertices = interpolate_edge(positions[a], positions[b], sdf[a], sdf[b])  # (M, 3)
-    vertex_of_edge = torch.full((unique_edges.shape[0],), -1, dtype=torch.long)
-    vertex_of_edge[crossing] = torch.arange(int(crossing.sum()))
+    vertex_of_edge = torch.full((unique_edges.shape[0],), -1, dtype=torch.long, device=device)
+    vertex_of_edge[crossing] = torch.arange(int(crossing.sum()), device=device)
     vertex_of_slot = vertex_of_edge[edge_of_slot].reshape(-1, 6)  # (T', 6): the vertex on each edge, or −1
     # 4. the case table: which edges' vertices make the 1 or 2 triangles of each tetrahedron
-    powers = 2 ** torch.arange(4)
+    powers = 2 ** torch.arange(4, device=device)
     case = (inside[crossed_tets].long() * powers).sum(1)  # (T',)
-    triangles = TRIANGLE_TABLE[case]  # (T', 2, 3) edge slots, −1 where absent
-    present = torch.arange(2) < TRIANGLE_COUNT[case][:, None]  # (T', 2)
+    triangles = TRIANGLE_TABLE.to(device)[case]  # (T', 2, 3) edge slots, −1 where absent
+    present = torch.arange(2, device=device) < TRIANGLE_COUNT.to(device)[case][:, None]  # (T', 2)
     faces = torch.gather(vertex_of_slot, 1, triangles.clamp_min(0).reshape(-1, 6)).reshape(-1, 2, 3)[present]
     return vertices, faces
 
