@@ -137,8 +137,7 @@ def test_pocket_world_object_agrees_with_marching_cubes():
     mesh = model.to_trimesh()
     reference = marching_cubes_mesh(sdf_grid(obj, 33).numpy(), level=0.0, inside_is_below=True)
     assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 1
-    # abs: marching_cubes_mesh's faces wind inwards for SDFs (its volume comes out negative)
-    assert mesh.volume == pytest.approx(abs(reference.volume), rel=0.03)
+    assert mesh.volume == pytest.approx(reference.volume, rel=0.03)
     # the vertices lie on the true surface: closely on average, within half a cell (1/32) where the balls meet
     # (there the SDF, a min of spheres, has a crease that linear interpolation along an edge cuts across)
     distance = obj.sdf(torch.as_tensor(mesh.vertices, dtype=torch.float32)).abs()

@@ -112,6 +112,19 @@ def test_mesh_export_round_trip(tmp_path):
         mesh.export(m, tmp_path / "mug.stl")
 
 
+def test_marching_cubes_normals_point_outward():
+    """Faces wound counter-clockwise seen from outside, for an SDF and for a density: a positive volume, and each
+    face's normal along the sphere's outward direction."""
+    axis = np.linspace(-1, 1, 32)
+    radius = np.linalg.norm(np.stack(np.meshgrid(axis, axis, axis, indexing="ij")), axis=0)
+    for volume, level, inside_is_below in ((radius - 0.6, 0.0, True), (10 * np.exp(-radius**2 / 0.2), 5.0, False)):
+        m = mesh.marching_cubes_mesh(volume, level, inside_is_below)
+        assert m.volume > 0
+        outward = m.triangles_center / np.linalg.norm(m.triangles_center, axis=1, keepdims=True)
+        assert ((m.face_normals * outward).sum(1) > 0.5).all()
+    assert mesh.marching_cubes_mesh(radius - 0.6, 0.0, True).volume == pytest.approx(4 / 3 * np.pi * 0.6**3, rel=0.02)
+
+
 def test_save_views_writes_nerf_synthetic_layout(tmp_path):
     import json
 
