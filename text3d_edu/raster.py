@@ -198,7 +198,7 @@ def rasterize(vertices: Tensor, faces: Tensor, cameras: Cameras, sigma: float = 
     ray_length = torch.stack([(p[:, 0] - n / 2) / cameras.focal, -(p[:, 1] - n / 2) / cameras.focal,
                               -torch.ones_like(p[:, 0])], dim=-1).norm(dim=-1)  # |direction| of generate_rays at z=1
     depth = torch.zeros(B * n * n, dtype=vertices.dtype).index_put((covered,), ray_length / b_over_z.sum(-1))
-    face_index = torch.where(face_index >= 0, face_index % len(faces), face_index)
+    face_index = torch.where(face_index >= 0, face_index % max(len(faces), 1), face_index)  # b·F + f → f
     return Fragments(face_index.reshape(B, n, n), barycentrics.reshape(B, n, n, 3), depth.reshape(B, n, n),
                      silhouette.reshape(B, n, n))
 
@@ -207,6 +207,8 @@ def interpolate(attributes: Tensor, faces: Tensor, fragments: Fragments) -> Tens
     """Per-vertex attributes (V, C) (colours, normals, ...) → per-pixel Σ_i β_i a_i (B, H, W, C); 0 where no face."""
     if attributes.ndim != 2:
         raise ValueError(f"expected per-vertex attributes of shape (V, C), got {tuple(attributes.shape)}")
+    if len(faces) == 0:  # an empty mesh (e.g. DMTet before its SDF crosses zero) covers nothing
+        return attributes.new_zeros(*fragments.face_index.shape, attributes.shape[-1])
     corner_values = attributes[faces.long()][fragments.face_index.clamp_min(0)]  # (B, H, W, 3, C)
     values = (fragments.barycentrics[..., None] * corner_values).sum(-2)
     return values * (fragments.face_index >= 0)[..., None]
