@@ -153,3 +153,13 @@ def test_interpolated_points_lie_on_the_pixel_rays():
     origins, directions = generate_rays(cameras)
     on_ray = origins[0][covered] + fragments.depth[0][covered, None] * directions[0][covered]
     torch.testing.assert_close(points, on_ray, atol=1e-4, rtol=0)
+
+
+def test_chunking_does_not_change_the_result():
+    vertices, faces, _ = as_tensors(world_render.mesh(make_object("duck", "yellow"), 32))
+    cameras = orbit_cameras([45.0, 160.0], 20.0, 3.2, resolution=32)
+    whole, chunked = rasterize(vertices, faces, cameras), rasterize(vertices, faces, cameras, max_pairs=997)
+    assert (whole.face_index >= 0).sum() > 200
+    assert torch.equal(whole.face_index, chunked.face_index)
+    for name in ("barycentrics", "depth", "silhouette"):
+        torch.testing.assert_close(getattr(whole, name), getattr(chunked, name), atol=1e-5, rtol=0)
