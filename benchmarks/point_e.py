@@ -5,7 +5,7 @@ result under ``--out``; the row holds its ``metrics.json`` figures:
 
 - the cloud (``pipeline.cloud_fidelity``): ``chamfer`` to the true object's dense surface cloud, ``chamfer_ratio``
   against the nearest other kind's cloud (the issue's bar: ≤ 0.5), ``point_colour_ok`` (the nearest catalogue
-  colour of the median point colour; one per cube for the cube stack);
+  colour of the median colour of the points on the parts the prompt colours; one per cube for the cube stack);
 - the solid: the judge's ``kind_acc`` / ``colour_acc`` from 8 novel views and ``silhouette_iou`` with the truth;
 - ``seconds``: all stages (synthetic view, base, upsampler, solid), without the judging and the files.
 

@@ -132,8 +132,10 @@ def cloud_fidelity(xyz: Tensor, rgb: Tensor, prompt: str) -> dict:
     - ``chamfer``: its Chamfer distance to the true surface cloud (``TRUTH_POINTS`` points, world units);
     - ``chamfer_other`` / ``nearest_other_kind``: its distance to the nearest *other* kind's true cloud (each kind in
       the prompt's colour and form), and ``chamfer_ratio`` = chamfer / chamfer_other (≤ 0.5: clearly its own kind);
-    - ``point_colours``: the nearest catalogue colour of the median point colour (a two-colour cube stack: one per
-      cube, the points split by the true part they are nearest to) and ``point_colour_ok``.
+    - ``point_colours``: the nearest catalogue colour of the median colour of the points on the parts the prompt
+      colours (each point goes to the true part it is nearest to: a lamp's shade, not its black base and pole; a
+      two-colour cube stack: one per cube) and ``point_colour_ok``. The median over the whole cloud would call a
+      true red lamp black.
     """
     from text3d_edu import toyworld
 
@@ -142,14 +144,13 @@ def cloud_fidelity(xyz: Tensor, rgb: Tensor, prompt: str) -> dict:
                                                          obj.second_colour if kind == obj.kind else ""))
                 for kind in toyworld.KINDS}
     nearest_other = min((d, kind) for kind, d in distance.items() if kind != obj.kind)
-    if obj.second_colour:  # each cube's points: the part they are nearest to says which cube
-        part = obj.part_distances(xyz).argmin(dim=0)  # (N,)
-        names = [p.name for p in obj.parts]
-        expected = [obj.colour, obj.second_colour]
-        found = [nearest_colour(rgb[part == names.index(cube)]) if (part == names.index(cube)).any() else "none"
-                 for cube in ("small cube", "large cube")]
-    else:
-        expected, found = [obj.colour], [nearest_colour(rgb)]
+    nearest_part = obj.part_distances(xyz).argmin(dim=0)  # (N,): the true part each point is nearest to
+    expected = [obj.colour, obj.second_colour] if obj.second_colour else [obj.colour]
+    found = []
+    for colour in expected:  # the points on the parts of this colour (the cube stack: its small, then large cube)
+        parts = [i for i, part in enumerate(obj.parts) if part.albedo == toyworld.COLOURS[colour]]
+        on_parts = torch.isin(nearest_part, torch.tensor(parts))
+        found.append(nearest_colour(rgb[on_parts]) if on_parts.any() else "none")
     return {"chamfer": round(distance[obj.kind], 4), "chamfer_other": round(nearest_other[0], 4),
             "nearest_other_kind": nearest_other[1], "chamfer_ratio": round(distance[obj.kind] / nearest_other[0], 3),
             "point_colours": found, "point_colour_ok": found == expected}
