@@ -31,12 +31,19 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import trimesh
 from torch import Tensor, nn
 
+from text3d_edu.fields import trilinear
+
 # the six edges of a tetrahedron (a, b), in the order the case table refers to them
 TET_EDGES = torch.tensor([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]])
+
+
+def lattice_points(n: int) -> Tensor:
+    """The n³ points of a regular lattice over [−1, 1]³ (n³, 3), in the order of a grid indexed [x, y, z]."""
+    axis = torch.linspace(-1, 1, n)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
 def tetrahedral_grid(resolution: int) -> tuple[Tensor, Tensor]:
@@ -55,8 +62,7 @@ def tetrahedral_grid(resolution: int) -> tuple[Tensor, Tensor]:
     if resolution < 1:
         raise ValueError(f"resolution must be a positive number of cells per axis, got {resolution}")
     n = resolution + 1
-    axis = torch.linspace(-1, 1, n)
-    positions = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)  # (V, 3)
+    positions = lattice_points(n)  # (V, 3)
 
     corner_steps = []  # (6, 4, 3) the corners of each path, as 0/1 offsets
     for order in itertools.permutations(range(3)):
@@ -196,16 +202,12 @@ class VoxelColourField(nn.Module):
 
     def grid_points(self) -> Tensor:
         """The colour grid's own sample points (G³, 3), in the order of ``logits``."""
-        axis = torch.linspace(-1, 1, self.resolution)
-        return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+        return lattice_points(self.resolution)
 
     def forward(self, points: Tensor) -> Tensor:
         if points.ndim != 2 or points.shape[1] != 3:
             raise ValueError(f"expected points of shape (N, 3), got {tuple(points.shape)}")
-        # grid_sample reads coordinates as (W, H, D) = (z, y, x) for a volume indexed [x, y, z]
-        coords = points.flip(-1)[None, :, None, None, :]  # (1, N, 1, 1, 3)
-        logits = F.grid_sample(self.logits, coords, mode="bilinear", padding_mode="border", align_corners=True)
-        return torch.sigmoid(logits[0, :, :, 0, 0].T)
+        return torch.sigmoid(trilinear(self.logits, points))
 
 
 def density_threshold(density: Tensor, threshold: float | str = "auto") -> float:
@@ -260,8 +262,7 @@ class DMTet(nn.Module):
         if callable(sdf):
             values = torch.cat([sdf(chunk) for chunk in points.split(65536)])
         elif isinstance(sdf, Tensor) and sdf.ndim == 3 and len(set(sdf.shape)) == 1:
-            coords = points.flip(-1)[None, :, None, None, :]  # grid_sample's (z, y, x) order, as above
-            values = F.grid_sample(sdf[None, None].float(), coords, mode="bilinear", align_corners=True).flatten()
+            values = trilinear(sdf[None, None].float(), points)[:, 0]
         else:
             shape = tuple(sdf.shape) if isinstance(sdf, Tensor) else type(sdf).__name__
             raise ValueError(f"expected an SDF callable points (N, 3) → (N,) or a cubic grid (R, R, R), got {shape}")

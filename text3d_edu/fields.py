@@ -84,6 +84,14 @@ class TruncatedExp(torch.autograd.Function):
         return grad * torch.exp(x.clamp(max=15.0))
 
 
+def trilinear(grid: Tensor, points: Tensor) -> Tensor:
+    """Trilinear lookup of a grid (1, C, R, R, R) over [−1, 1]³, indexed [x, y, z], at points (N, 3) → (N, C)."""
+    # grid_sample reads coordinates as (W, H, D) = (z, y, x) for a volume indexed [x, y, z]
+    coords = points.flip(-1)[None, :, None, None, :]  # (1, N, 1, 1, 3)
+    values = F.grid_sample(grid, coords, mode="bilinear", padding_mode="border", align_corners=True)
+    return values[0, :, :, 0, 0].T
+
+
 class GridField(nn.Module):
     """A dense grid over [−1, 1]³ storing a density logit and three colour logits per vertex.
 
@@ -111,18 +119,11 @@ class GridField(nn.Module):
     def resolution(self) -> int:
         return self.log_sigma.shape[-1]
 
-    def _sample(self, grid: Tensor, points: Tensor) -> Tensor:
-        """Trilinear lookup: grid (1, C, R, R, R) at points (N, 3) → (N, C)."""
-        # grid_sample reads coordinates as (W, H, D) = (z, y, x) for a volume indexed [x, y, z]
-        coords = points.flip(-1)[None, :, None, None, :]  # (1, N, 1, 1, 3)
-        values = F.grid_sample(grid, coords, mode="bilinear", padding_mode="border", align_corners=True)
-        return values[0, :, :, 0, 0].T
-
     def forward(self, points: Tensor, view_dirs: Tensor) -> tuple[Tensor, Tensor]:
         _check(points, view_dirs)
         inside = (points.abs() <= 1.0).all(dim=-1)
-        sigma = TruncatedExp.apply(self._sample(self.log_sigma, points)[:, 0]) * inside
-        rgb = torch.sigmoid(self._sample(self.colour_logits, points))
+        sigma = TruncatedExp.apply(trilinear(self.log_sigma, points)[:, 0]) * inside
+        rgb = torch.sigmoid(trilinear(self.colour_logits, points))
         return sigma, rgb
 
     def normals(self, points: Tensor) -> Tensor:
@@ -131,7 +132,7 @@ class GridField(nn.Module):
         spacing = 2.0 / (self.resolution - 1)
         log_sigma = self.log_sigma[0, 0]  # (R, R, R), indexed [x, y, z]
         gradient = torch.stack(torch.gradient(log_sigma, spacing=spacing), dim=0)[None]  # (1, 3, R, R, R)
-        return -F.normalize(self._sample(gradient, points), dim=-1, eps=1e-6)
+        return -F.normalize(trilinear(gradient, points), dim=-1, eps=1e-6)
 
     def total_variation(self) -> Tensor:
         """Mean squared difference between neighbouring vertices of both grids: a smoothness prior."""
