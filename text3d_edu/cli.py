@@ -126,6 +126,26 @@ def _cmd_train_pocket(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_pocket_latent(args: argparse.Namespace) -> int:
+    from text3d_edu.priors.train import TrainingDiverged
+    from text3d_edu.priors.train_latent import train_pocket_latent
+
+    command = (f"text3d-edu train-pocket-latent --vae-steps {args.vae_steps} --latent-unet-steps "
+               f"{args.latent_unet_steps} --latent-size {args.latent_size} --objects {args.objects} "
+               f"--seed {args.seed} --threads {args.threads} --workers {args.workers}")
+    try:
+        stats = train_pocket_latent(args.out, args.weights_dir, vae_steps=args.vae_steps,
+                                    latent_unet_steps=args.latent_unet_steps, latent_size=args.latent_size,
+                                    n_objects=args.objects, seed=args.seed, resume=args.resume, threads=args.threads,
+                                    workers=args.workers, command=command)
+    except TrainingDiverged as err:
+        print(f"text3d-edu train-pocket-latent: stopped: {err}", file=sys.stderr)
+        return 1
+    print(f"trained in {stats['minutes']['total']:.1f} min (held-out VAE PSNR {stats['vae_psnr_heldout']:.2f} dB); "
+          f"weights and pocket_latent.json written to {args.weights_dir or 'text3d_edu/weights'}")
+    return 0
+
+
 def _cmd_train_pointe(args: argparse.Namespace) -> int:
     from text3d_edu.point_e.train import train_point_e
     from text3d_edu.priors.train import TrainingDiverged
@@ -390,6 +410,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="processes that render the training set")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.set_defaults(func=_cmd_train_pocket)
+
+    p = sub.add_parser("train-pocket-latent", help="train the pocket latent diffusion prior (a VAE, then a U-Net "
+                       "on its latents of 64×64 renders); uses the pocket CLIP from train-pocket")
+    p.add_argument("--out", default="runs/pocket_latent", help="checkpoints and the cached 64×64 renders")
+    p.add_argument("--weights-dir", default=None, help="where the safetensors go (default: the package's)")
+    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--latent-unet-steps", type=int, default=4000)
+    p.add_argument("--latent-size", type=int, default=16, choices=(8, 16), help="latents (4, S, S) of 64×64 images")
+    p.add_argument("--objects", type=int, default=2080, help="Pocket World objects (12 renders each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes that render the training set")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.set_defaults(func=_cmd_train_pocket_latent)
 
     p = sub.add_parser("train-pointe", help="train Point-E's base model and upsampler on Pocket World clouds")
     p.add_argument("--out", default="runs/point_e", help="checkpoints and the cached clouds and renders")

@@ -5,6 +5,8 @@ and pick a backend here:
 
 - ``"pocket"`` (default): tiny models trained on the Pocket World, shipped as safetensors in
   ``text3d_edu/weights`` and loaded offline (``pocket_clip``, ``pocket_diffusion``; trained by ``train``);
+- ``"pocket-latent"``: the pocket latent diffusion prior (a small VAE + a U-Net on its 16×16×4 latents, 64×64
+  images; ``pocket_latent``), trained by ``text3d-edu train-pocket-latent`` (no weights shipped yet);
 - ``"openclip"`` / ``"stable-diffusion"``: pretrained OpenCLIP and Stable Diffusion (``real``), when their
   weights are in the Hugging Face cache (or downloadable).
 
@@ -36,14 +38,19 @@ def load_clip(backend: str = "pocket", **kwargs) -> TextImagePrior:
 
 
 def load_diffusion(backend: str = "pocket", **kwargs) -> DiffusionPrior:
-    """A diffusion prior. backend: "pocket" (kwargs: weights_dir, device) or "stable-diffusion" (kwargs:
-    model_id, device)."""
+    """A diffusion prior. backend: "pocket" (kwargs: weights_dir, device), "pocket-latent" (kwargs: weights_dir,
+    clip_weights_dir, device) or "stable-diffusion" (kwargs: model_id, device)."""
     if backend == "pocket":
         from text3d_edu.priors.pocket_diffusion import load_pocket_diffusion
 
         return load_pocket_diffusion(**kwargs)
+    if backend == "pocket-latent":
+        from text3d_edu.priors.pocket_latent import load_pocket_latent
+
+        return load_pocket_latent(**kwargs)
     if backend == "stable-diffusion":
         from text3d_edu.priors.real import load_stable_diffusion
 
         return load_stable_diffusion(**kwargs)
-    raise ValueError(f"unknown diffusion backend {backend!r}; choose 'pocket' or 'stable-diffusion'")
+    raise ValueError(f"unknown diffusion backend {backend!r}; choose 'pocket', 'pocket-latent' or "
+                     "'stable-diffusion'")

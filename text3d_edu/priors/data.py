@@ -51,7 +51,7 @@ def dataset_object(i: int, offset: int) -> PocketObject:
     return make_object(kind, colour, form, seed=offset + i + 1)
 
 
-def _render_object(i: int, offset: int) -> dict:
+def _render_object(i: int, offset: int, resolution: int = RESOLUTION) -> dict:
     """Object ``i`` of a data set (``dataset_object``) from random cameras seeded by offset + i."""
     from text3d_edu.world_render import render
 
@@ -59,8 +59,8 @@ def _render_object(i: int, offset: int) -> dict:
     obj = dataset_object(i, offset)
     kind, colour = obj.kind, obj.colour
     cams = sample_cameras(_VIEWS[0], torch.Generator().manual_seed(offset + i), elevation_range=ELEVATION_RANGE,
-                          radius_range=RADIUS_RANGE, resolution=RESOLUTION)
-    rgb = render(obj, cams)["rgb"]  # (V, 32, 32, 3)
+                          radius_range=RADIUS_RANGE, resolution=resolution)
+    rgb = render(obj, cams)["rgb"]  # (V, resolution, resolution, 3)
     return {"index": i, "images": (rgb.permute(0, 3, 1, 2) * 255).round().to(torch.uint8), "kind": kinds.index(kind),
             "colour": colours.index(colour), "caption": obj.caption, "short_caption": obj.short_caption,
             "view": [view_label(a, e) for a, e in zip(cams.azimuth.tolist(), cams.elevation.tolist())]}
@@ -74,27 +74,29 @@ def _init_worker(views: int) -> None:
     _VIEWS[0] = views
 
 
-def _render_chunk(args: tuple[list[int], int]) -> list[dict]:
-    indices, offset = args
-    return [_render_object(i, offset) for i in indices]
+def _render_chunk(args: tuple[list[int], int, int]) -> list[dict]:
+    indices, offset, resolution = args
+    return [_render_object(i, offset, resolution) for i in indices]
 
 
 def render_dataset(n_objects: int, views_per_object: int, seed: int = 0, held_out: bool = False,
-                   cache_dir: str | Path | None = None, progress: bool = False, workers: int = 1) -> dict:
+                   cache_dir: str | Path | None = None, progress: bool = False, workers: int = 1,
+                   resolution: int = RESOLUTION) -> dict:
     """Render ``n_objects`` × ``views_per_object`` images of balanced kinds × colours.
 
-    Returns {"images": uint8 (N, 3, 32, 32), "kind": long (N,), "colour": long (N,), "caption": list[str] (N,)
+    Returns {"images": uint8 (N, 3, R, R) (R = ``resolution``, 32 by default; the pocket LDM uses 64),
+    "kind": long (N,), "colour": long (N,), "caption": list[str] (N,)
     full captions, "short_caption": list[str] (N,), "view": list[str] (N,) view labels}, N = n_objects·views.
     Deterministic in (n_objects, views_per_object, seed, held_out) whatever the number of ``workers``
     (processes); cached as a .pt file in ``cache_dir``.
     """
-    name = (f"pocket_{'heldout' if held_out else 'train'}_{n_objects}x{views_per_object}_s{seed}_r{RESOLUTION}"
+    name = (f"pocket_{'heldout' if held_out else 'train'}_{n_objects}x{views_per_object}_s{seed}_r{resolution}"
             f"_v{DATA_VERSION}.pt")
     if cache_dir is not None and (Path(cache_dir) / name).exists():
         return torch.load(Path(cache_dir) / name)
     offset = dataset_offset(seed, held_out)
     if workers > 1:
-        chunks = [(list(range(k, n_objects, 8 * workers)), offset) for k in range(8 * workers)]
+        chunks = [(list(range(k, n_objects, 8 * workers)), offset, resolution) for k in range(8 * workers)]
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (views_per_object,)) as pool:
@@ -105,7 +107,7 @@ def render_dataset(n_objects: int, views_per_object: int, seed: int = 0, held_ou
     else:
         _VIEWS[0] = views_per_object
         indices = tqdm(range(n_objects), desc="rendering the Pocket World", mininterval=10, disable=not progress)
-        objects = [_render_object(i, offset) for i in indices]
+        objects = [_render_object(i, offset, resolution) for i in indices]
     objects.sort(key=lambda o: o["index"])  # the interleaved chunks come back chunk by chunk
     data = {
         "images": torch.cat([o["images"] for o in objects]),
