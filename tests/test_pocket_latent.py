@@ -42,7 +42,7 @@ def tiny_images(n: int = 24, size: int = 16) -> torch.Tensor:
 
 
 def test_configs_shapes_and_bad_sizes():
-    assert pocket_latent.vae_config(16)["block_out_channels"] == (32, 64, 64)  # 64 → 32 → 16
+    assert pocket_latent.vae_config(16)["block_out_channels"] == (16, 32, 32)  # 64 → 32 → 16
     assert len(pocket_latent.vae_config(8)["block_out_channels"]) == 4  # 64 → 32 → 16 → 8
     for bad in (12, 0, 128):
         with pytest.raises(ValueError, match="latent_size"):

@@ -49,7 +49,7 @@ LATENT_UNET_WEIGHTS = "pocket_latent_unet.safetensors"
 TRAIN_COMMAND = "text3d-edu train-pocket-latent"
 
 
-def vae_config(latent_size: int = 16, image_size: int = IMAGE_SIZE, width: int = 32) -> dict:
+def vae_config(latent_size: int = 16, image_size: int = IMAGE_SIZE, width: int = 16) -> dict:
     """A small ``AutoencoderKL`` config: (3, image_size²) ↔ (4, latent_size²); one block per halving.
 
     width: channels of the first block (then 2·width for the others). No attention in the mid block: at 16×16 it
@@ -66,7 +66,7 @@ def vae_config(latent_size: int = 16, image_size: int = IMAGE_SIZE, width: int =
             "mid_block_add_attention": False, "scaling_factor": 1.0}
 
 
-def latent_unet_config(latent_size: int = 16, width: int = 64) -> dict:
+def latent_unet_config(latent_size: int = 16, width: int = 32) -> dict:
     """A ``UNet2DConditionModel`` config on (4, latent_size²) latents; cross-attention below the top level.
 
     16×16 → 8×8 → 4×4 (three levels) for 16² latents, 8×8 → 4×4 (two) for 8² latents.
