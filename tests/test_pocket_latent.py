@@ -213,3 +213,17 @@ def test_render_dataset_at_64():
     data = pocket_data.render_dataset(1, 1, seed=0, resolution=64)
     assert data["images"].shape == (1, 3, 64, 64) and data["images"].dtype == torch.uint8
     assert data["images"].float().std() > 5  # an object, not a blank frame
+
+
+def test_train_pocket_latent_end_to_end_writes_loadable_weights(tmp_path, capsys):
+    kwargs = dict(vae_steps=2, n_objects=1, views_per_object=2, heldout_objects=1, threads=1, checkpoint_every=2)
+    stats = tl.train_pocket_latent(tmp_path / "run", tmp_path / "w", latent_unet_steps=2, **kwargs)
+    assert stats["latent_shape"] == [4, 16, 16] and stats["data"]["resolution"] == 64
+    assert stats["scaling_factor"] > 0 and stats["vae_psnr_heldout"] > 5
+    assert (tmp_path / "w" / tl.STATS_FILE).exists()
+    prior = load_diffusion("pocket-latent", weights_dir=tmp_path / "w")
+    assert prior.vae.config.scaling_factor == pytest.approx(stats["scaling_factor"])
+    assert prior.sample(["a red mug"], steps=2).shape == (1, 3, 64, 64)
+    capsys.readouterr()
+    tl.train_pocket_latent(tmp_path / "run", tmp_path / "w", latent_unet_steps=3, resume=True, **kwargs)
+    assert "[vae] resumed" in capsys.readouterr().out  # the trained VAE is reused, not retrained
