@@ -249,6 +249,10 @@ def generate_guidance(backend: str, guidance: float | None = None, method: str =
 def _cmd_generate(args: argparse.Namespace) -> int:
     if args.method == "point-e":
         return _generate_point_e(args)
+    if args.method == "magic3d":
+        return _generate_magic3d(args)
+    if args.coarse_steps is not None:
+        raise ValueError(f"--coarse-steps applies to --method magic3d only (got --method {args.method})")
     import torch
 
     from text3d_edu.generate import GenerateConfig, generate
@@ -309,6 +313,38 @@ def _generate_point_e(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_magic3d(args: argparse.Namespace) -> int:
+    import torch
+
+    from text3d_edu.generate import GenerateConfig
+    from text3d_edu.guidance.sds import SDSConfig
+    from text3d_edu.magic3d import Magic3DConfig, generate_magic3d
+
+    torch.set_num_threads(args.threads)
+    given = {"--particles": args.particles is not None, "--backend": args.backend != "pocket"}
+    if any(given.values()):
+        raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: not options of --method magic3d, which "
+                         "runs on the pocket priors (with real weights, call text3d_edu.magic3d.generate_magic3d "
+                         "with prior= and fine_prior= load_diffusion('stable-diffusion'))")
+    defaults = Magic3DConfig()
+    coarse = GenerateConfig(method="sds", seed=args.seed, view_prompts=not args.no_view_prompt,
+                            steps=args.coarse_steps if args.coarse_steps is not None else defaults.coarse.steps)
+    config = Magic3DConfig(coarse=coarse, seed=args.seed, view_prompts=not args.no_view_prompt,
+                           **({"steps": args.steps} if args.steps is not None else {}),
+                           **({"sds": SDSConfig(guidance=args.guidance)} if args.guidance is not None else {}))
+    try:
+        _, metrics = generate_magic3d(args.prompt, args.out, config, resume=args.resume)
+    except FileNotFoundError as err:  # no pocket LDM weights: say how to train them
+        print(f"text3d-edu generate: {err}", file=sys.stderr)
+        return 2
+    judged = ", ".join(f"{k} {metrics[k]}" for k in ("kind_acc", "colour_acc", "clip_rprecision"))
+    print(f"{args.prompt!r} (magic3d, {metrics['coarse_steps']} coarse + {metrics['steps']} fine steps, "
+          f"{metrics['seconds']:.0f} s): {judged} (coarse field: kind_acc {metrics['coarse']['kind_acc']}); "
+          f"views.png, turntable.gif, mesh.glb ({metrics['faces']} faces) and metrics.json in {args.out}, "
+          f"stage 1's field in {args.out}/coarse")
+    return 0
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     import torch
 
@@ -338,18 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_world)
 
     p = sub.add_parser("generate", help="text → 3D by distillation: Dream Fields (clip), DreamFusion (sds), "
-                                        "ProlificDreamer (vsd); or by Point-E's sampler (point-e)")
+                                        "ProlificDreamer (vsd), Magic3D (magic3d); or by Point-E's sampler "
+                                        "(point-e)")
     p.add_argument("prompt", help='e.g. "a red mug"')
-    p.add_argument("--method", choices=["sds", "sds-jacobian", "clip", "vsd", "point-e"], default="sds",
-                   help="point-e samples a cloud (text → image → cloud) instead of optimising a field")
+    p.add_argument("--method", choices=["sds", "sds-jacobian", "clip", "vsd", "magic3d", "point-e"], default="sds",
+                   help="magic3d: a coarse SDS field, then a textured mesh refined by SDS with the pocket latent "
+                        "prior; point-e samples a cloud (text → image → cloud) instead of optimising a field")
     p.add_argument("--particles", type=int, default=None,
                    help="VSD's number of 3D scenes n (default 2), optimised together")
     p.add_argument("--out", default="outputs/generate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 500)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimisation steps (default 500; magic3d: the fine stage's, default 200)")
+    p.add_argument("--coarse-steps", type=int, default=None, help="magic3d: the coarse SDS stage's steps (300)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight ω (default: the backend's; SDS 30 pocket, 100 "
-                        "stable-diffusion; VSD 7.5 pocket, 6.5 stable-diffusion; point-e: the cloud models' s, 3)")
+                        "stable-diffusion; VSD 7.5 pocket, 6.5 stable-diffusion; magic3d: the fine stage's, 30; "
+                        "point-e: the cloud models' s, 3)")
     p.add_argument("--no-view-prompt", action="store_true", help="do not append ', front view' etc. (Janus!)")
     p.add_argument("--backend", choices=["pocket", "stable-diffusion"], default="pocket")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

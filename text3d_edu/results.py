@@ -8,7 +8,8 @@ Pocket World background: for the judge's cameras, the images of ``views.png``. A
 point cloud, an SDF shape) plugs in as one more entry of ``LOADERS``.
 
 VSD's n particles ("grid-particles") render as one batch, particle-major: (n·B, 3, H, W); each ``particle_K/``
-folder of such a result is itself a "grid" result.
+folder of such a result is itself a "grid" result. Magic3D's textured mesh ("mesh") keeps its DMTet in
+``checkpoint.pt`` and renders through the rasteriser; its ``coarse/`` folder is the grid result of stage 1.
 
 ``render_result`` is the ``text3d-edu render`` command: load, render from orbit cameras, write a .npy or a .png.
 """
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from text3d_edu.cameras import Cameras, orbit_cameras
+from text3d_edu.dmtet import DMTet
 from text3d_edu.fields import GridField
 from text3d_edu.generate import render_views
 
@@ -83,7 +85,35 @@ class ParticlesResult:
         return torch.cat([particle.render(cameras) for particle in self.particles])
 
 
-LOADERS: dict[str, Callable[[Path], Result]] = {"grid": _load_checkpoint, "grid-particles": _load_checkpoint}
+@dataclass
+class MeshResult:
+    """Magic3D's textured mesh: a ``DMTet`` (SDF, deformation and colour grid), rasterised."""
+
+    dmtet: DMTet
+
+    def render(self, cameras: Cameras) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1], rendered exactly as ``generate_magic3d`` renders views.png."""
+        from text3d_edu.magic3d import mesh_views
+
+        return mesh_views(self.dmtet, cameras)
+
+
+def _load_mesh(result_dir: Path) -> MeshResult:
+    checkpoint = result_dir / "checkpoint.pt"
+    if not checkpoint.is_file():
+        raise ValueError(f"{result_dir} holds no checkpoint.pt: its mesh was not written; re-run text3d-edu "
+                         f"generate --method magic3d with --resume")
+    state = torch.load(checkpoint, weights_only=True)
+    if "dmtet" not in state:
+        raise ValueError(f"{checkpoint} has no 'dmtet' entry: it was not written by text3d-edu generate --method "
+                         f"magic3d")
+    dmtet = DMTet(state["dmtet_resolution"], state["colour_resolution"])
+    dmtet.load_state_dict(state["dmtet"])
+    return MeshResult(dmtet.eval())
+
+
+LOADERS: dict[str, Callable[[Path], Result]] = {"grid": _load_checkpoint, "grid-particles": _load_checkpoint,
+                                                "mesh": _load_mesh}
 
 
 def load_result(result_dir: str | Path) -> Result:
