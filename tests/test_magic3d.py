@@ -74,6 +74,7 @@ def test_generate_magic3d_writes_a_mesh_result_that_render_reproduces(tmp_path, 
     assert stored["representation"] == "mesh" and stored["method"] == "magic3d"
     assert stored["faces"] > 0 and 0 <= stored["silhouette_iou"] <= 1 and len(stored["judged_as"]) == 8
     assert set(stored["coarse"]) >= {"kind_acc", "silhouette_iou"}
+    assert stored["components"] >= 1 and 0 < stored["main_component_share"] <= 1
     assert stored["seconds"] == pytest.approx(stored["seconds_coarse"] + stored["seconds_fine"], abs=0.11)
     glb = trimesh.load(out / "mesh.glb", force="mesh")
     assert len(glb.faces) == stored["faces"]

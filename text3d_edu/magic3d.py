@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -52,7 +53,7 @@ class Magic3DConfig:
     coarse: GenerateConfig = field(default_factory=lambda: GenerateConfig(method="sds", steps=300))
     steps: int = 200  # stage 2's SDS steps
     seed: int = 0
-    resolution: int = 64  # stage 2's renders: the pocket LDM's 64×64 images
+    resolution: int = 64  # stage 2's renders: the pocket LDM's 64×64 images (area-downsampled for the 32² judge)
     dmtet_resolution: int = 32  # cells per side of the tetrahedral grid
     colour_resolution: int = 32
     threshold: float | str = 10.0  # τ of s = τ − σ; 10 is the density at which generate's mesh.glb is cut
@@ -214,11 +215,13 @@ def generate_magic3d(prompt: str, out_dir: str | Path | None = None, config: Mag
                         "colour_resolution": config.colour_resolution, "optimiser": optimiser.state_dict(),
                         "generator": generator.get_state(), "step": step + 1, "seconds": seconds}, checkpoint)
 
-    views = mesh_views(dmtet, judge_cameras(config.coarse.resolution))
+    views = mesh_views(dmtet, judge_cameras(config.resolution))  # (8, 3, 64, 64); the judge sees them at 32²
+    judged_views = F.interpolate(views, size=config.coarse.resolution, mode="area")
     with torch.no_grad():
-        fine = _figures(views, render_dmtet(dmtet, fidelity_cameras()), prompt, clip)
+        fine = _figures(judged_views, render_dmtet(dmtet, fidelity_cameras()), prompt, clip)
     vertices, faces = dmtet()
     mesh = dmtet.to_trimesh()
+    component_faces = sorted((len(part.faces) for part in mesh.split(only_watertight=False)), reverse=True)
     keys = ("kind_acc", "colour_acc", "clip_rprecision", "silhouette_iou", "colour_error", "frame_share",
             "truth_frame_share", "skirt_share")
     metrics = {"prompt": prompt, "method": "magic3d", "representation": "mesh", "view_prompts": config.view_prompts,
@@ -229,21 +232,24 @@ def generate_magic3d(prompt: str, out_dir: str | Path | None = None, config: Mag
                **{k: fine[k] for k in keys if k in fine},
                "coarse": {k: coarse_metrics[k] for k in keys if k in coarse_metrics},
                "vertices": len(vertices), "faces": len(faces), "watertight": bool(mesh.is_watertight),
+               "components": len(component_faces),
+               "main_component_share": round(component_faces[0] / max(len(faces), 1), 3) if component_faces else 0.0,
                "judged_as": fine["judged_as"]}
     if out:
-        _write_outputs(dmtet, coarse_field, mesh, metrics, out)
+        _write_outputs(dmtet, views, coarse_field, mesh, metrics, out)
     return dmtet, metrics
 
 
-def _write_outputs(dmtet: DMTet, coarse_field, mesh, metrics: dict, out: Path) -> None:
-    """views.png (truth / coarse field / fine mesh rows at 64×64), turntable.gif, mesh.glb, metrics.json."""
+def _write_outputs(dmtet: DMTet, views: Tensor, coarse_field, mesh, metrics: dict, out: Path) -> None:
+    """views.png (truth / coarse field / the fine mesh's ``views`` (8, 3, 64, 64), from the judge's cameras),
+    turntable.gif, mesh.glb, metrics.json."""
     from text3d_edu import mesh as mesh_io
     from text3d_edu import viz
     from text3d_edu.world_render import render
 
     out.mkdir(parents=True, exist_ok=True)
-    cameras = judge_cameras(64)
-    rows = [render_views(coarse_field, cameras), mesh_views(dmtet, cameras)]
+    cameras = judge_cameras(views.shape[-1])
+    rows = [render_views(coarse_field, cameras), views]
     titles = ["coarse field"] * 8 + [f"mesh: {j.removeprefix('a ')}" for j in metrics["judged_as"]]
     if "silhouette_iou" in metrics:  # a Pocket World caption: its true object on top
         rows.insert(0, render(toyworld.parse_caption(metrics["prompt"]), cameras)["rgb"].permute(0, 3, 1, 2))
