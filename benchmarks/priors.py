@@ -7,7 +7,12 @@
 - sample_seconds: one image, 50 DDIM steps with classifier-free guidance (two U-Net rows per step), median of 3.
 - train_minutes: read from weights/pocket_priors.json, written by ``text3d-edu train-pocket``.
 
+``--backend pocket-latent`` judges the pocket *latent* prior's 64×64 samples instead (the CLIP resizes them to its
+32×32), times its 50-step samples, and adds the held-out VAE reconstruction PSNR and training minutes from
+pocket_latent.json (``text3d-edu train-pocket-latent``; ``--latent-weights-dir`` where it wrote them).
+
     python benchmarks/priors.py [--grid outputs/priors_grid.png] [--threads 1] [--device cuda]
+                                [--backend pocket-latent --latent-weights-dir DIR]
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import torch
 from text3d_edu.priors import data as pocket_data
 from text3d_edu.priors.pocket_clip import WEIGHTS_DIR, load_pocket_clip
 from text3d_edu.priors.pocket_diffusion import load_pocket_diffusion
+from text3d_edu.priors.pocket_latent import load_pocket_latent
 from text3d_edu.priors.train import STATS_FILE
+from text3d_edu.priors.train_latent import STATS_FILE as LATENT_STATS_FILE
 from text3d_edu.toyworld import COLOURS, KINDS, catalogue_captions, with_article
 
 
@@ -55,10 +62,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes rendering the held-out set")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--grid", default=None, help="write a PNG grid of the samples (one row per prompt)")
+    parser.add_argument("--backend", choices=["pocket", "pocket-latent"], default="pocket",
+                        help="the diffusion prior to judge (the CLIP is always the pocket CLIP)")
+    parser.add_argument("--latent-weights-dir", default=None, help="the pocket LDM's weights (default: the package's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clip = load_pocket_clip(args.weights_dir, device=args.device)
-    prior = load_pocket_diffusion(args.weights_dir, device=args.device)
+    if args.backend == "pocket":
+        prior = load_pocket_diffusion(args.weights_dir, device=args.device)
+    else:
+        prior = load_pocket_latent(args.latent_weights_dir, clip_weights_dir=args.weights_dir, device=args.device)
 
     held = pocket_data.render_dataset(2 * len(KINDS) * len(COLOURS), 2, seed=1, held_out=True,
                                       workers=args.workers)
@@ -89,7 +102,12 @@ def main() -> None:
         times.append(time.perf_counter() - started)
     result["sample_seconds"] = statistics.median(times)
     result["sample_device"] = args.device
-    stats = json.loads((Path(args.weights_dir or WEIGHTS_DIR) / STATS_FILE).read_text())
+    result["backend"] = args.backend
+    if args.backend == "pocket":
+        stats = json.loads((Path(args.weights_dir or WEIGHTS_DIR) / STATS_FILE).read_text())
+    else:
+        stats = json.loads((Path(args.latent_weights_dir or WEIGHTS_DIR) / LATENT_STATS_FILE).read_text())
+        result["vae_psnr_heldout"] = stats["vae_psnr_heldout"]
     result["train_minutes"] = stats["minutes"]["total"]
     result["train_device"] = stats.get("device")
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
