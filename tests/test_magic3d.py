@@ -13,8 +13,8 @@ import trimesh
 
 from text3d_edu.dmtet import DMTet
 from text3d_edu.generate import GenerateConfig, judge_cameras
-from text3d_edu.magic3d import Magic3DConfig, _Conditions, fine_loss, generate_magic3d, mesh_views, normal_consistency
-from text3d_edu.priors import pocket_latent
+from text3d_edu.magic3d import Magic3DConfig, fine_loss, generate_magic3d, mesh_views, normal_consistency
+from text3d_edu.priors import PromptCache, pocket_latent
 from text3d_edu.priors.pocket_clip import load_clip_model
 from text3d_edu.results import load_result
 
@@ -54,7 +54,7 @@ def test_normal_consistency_is_zero_on_a_plane_and_one_minus_cos_on_a_fold():
 def test_the_fine_loss_reaches_the_sdf_the_deformation_and_the_colour(latent_prior):
     dmtet = DMTet(16, 16).init_from_sdf(lambda p: p.norm(dim=-1) - 0.6)
     config = tiny_config()
-    loss, info = fine_loss(dmtet, latent_prior, "a red mug", _Conditions(latent_prior),
+    loss, info = fine_loss(dmtet, latent_prior, "a red mug", PromptCache(latent_prior),
                            latent_prior.encode_unconditional(1), config, torch.Generator().manual_seed(0))
     loss.backward()
     assert info["faces"] > 100

@@ -311,3 +311,48 @@ def test_conditioning_broadcasts():
     assert len(cond.expand(3)) == 3 and len(cond.repeat_interleave(2)) == 2
     with pytest.raises(ValueError, match="rows"):
         Conditioning(torch.zeros(2, 5, 4)).expand(3)
+
+
+def test_prompt_cache_encodes_each_prompt_once_and_keeps_the_order():
+    from text3d_edu.priors import PromptCache
+
+    class CountingPrior:
+        calls: list[str] = []
+
+        def encode_prompt(self, prompts):
+            self.calls += prompts
+            size = float(len(prompts[0]))
+            return Conditioning(torch.full((1, 2, 3), size), torch.full((1, 3), size))
+
+    prior = CountingPrior()
+    cache = PromptCache(prior)
+    cond = cache(["a red mug, front view", "a red mug", "a red mug, front view"])
+    cache(["a red mug"])
+    assert sorted(prior.calls) == ["a red mug", "a red mug, front view"]
+    assert cond.hidden_states[:, 0, 0].tolist() == [21.0, 9.0, 21.0]
+    assert cond.pooled.shape == (3, 3)
+
+
+def test_training_commands_record_their_flags_and_stop_with_a_message_on_divergence(capsys):
+    import argparse
+
+    from text3d_edu import cli
+    from text3d_edu.priors.train import TrainingDiverged
+
+    args = argparse.Namespace(out="runs/x", weights_dir=None, seed=3, resume=True, threads=1, workers=2,
+                              clip_steps=5, unet_steps=7)
+    seen = {}
+
+    def train(out, weights_dir, **kwargs):
+        seen.update(out=out, **kwargs)
+        return {"minutes": {"total": 0.1}}
+
+    assert cli._train(args, "train-pocket", train, ["clip_steps", "unet_steps", "seed"], clip_steps=5) is not None
+    assert seen["command"] == "text3d-edu train-pocket --clip-steps 5 --unet-steps 7 --seed 3"
+    assert (seen["out"], seen["resume"], seen["workers"], seen["clip_steps"]) == ("runs/x", True, 2, 5)
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("the loss is nan at step 4")
+
+    assert cli._train(args, "train-pocket", diverge, []) is None
+    assert "text3d-edu train-pocket: stopped: the loss is nan at step 4" in capsys.readouterr().err

@@ -109,17 +109,26 @@ def _grade(args: argparse.Namespace) -> int:
     return 1 if failed or below else 0
 
 
-def _cmd_train_pocket(args: argparse.Namespace) -> int:
-    from text3d_edu.priors.train import TrainingDiverged, train_pocket
+def _train(args: argparse.Namespace, name: str, train, flags: list[str], **kwargs) -> dict | None:
+    """Run a training command's ``train(out, weights_dir, ...)``: records the command line that reproduces it (the
+    ``flags`` of ``args``), returns its stats, or None after saying why when the loss diverged."""
+    from text3d_edu.priors.train import TrainingDiverged
 
-    command = (f"text3d-edu train-pocket --clip-steps {args.clip_steps} --unet-steps {args.unet_steps} "
-               f"--seed {args.seed} --threads {args.threads} --workers {args.workers}")
+    command = f"text3d-edu {name} " + " ".join(f"--{flag.replace('_', '-')} {getattr(args, flag)}" for flag in flags)
     try:
-        stats = train_pocket(args.out, args.weights_dir, clip_steps=args.clip_steps, unet_steps=args.unet_steps,
-                             seed=args.seed, resume=args.resume, threads=args.threads, workers=args.workers,
-                             command=command)
+        return train(args.out, args.weights_dir, seed=args.seed, resume=args.resume, threads=args.threads,
+                     workers=args.workers, command=command, **kwargs)
     except TrainingDiverged as err:
-        print(f"text3d-edu train-pocket: stopped: {err}", file=sys.stderr)
+        print(f"text3d-edu {name}: stopped: {err}", file=sys.stderr)
+        return None
+
+
+def _cmd_train_pocket(args: argparse.Namespace) -> int:
+    from text3d_edu.priors.train import train_pocket
+
+    stats = _train(args, "train-pocket", train_pocket, ["clip_steps", "unet_steps", "seed", "threads", "workers"],
+                   clip_steps=args.clip_steps, unet_steps=args.unet_steps)
+    if stats is None:
         return 1
     print(f"trained in {stats['minutes']['total']:.1f} min; weights and pocket_priors.json written "
           f"to {args.weights_dir or 'text3d_edu/weights'}")
@@ -127,19 +136,13 @@ def _cmd_train_pocket(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_pocket_latent(args: argparse.Namespace) -> int:
-    from text3d_edu.priors.train import TrainingDiverged
     from text3d_edu.priors.train_latent import train_pocket_latent
 
-    command = (f"text3d-edu train-pocket-latent --vae-steps {args.vae_steps} --latent-unet-steps "
-               f"{args.latent_unet_steps} --latent-size {args.latent_size} --objects {args.objects} "
-               f"--seed {args.seed} --threads {args.threads} --workers {args.workers}")
-    try:
-        stats = train_pocket_latent(args.out, args.weights_dir, vae_steps=args.vae_steps,
-                                    latent_unet_steps=args.latent_unet_steps, latent_size=args.latent_size,
-                                    n_objects=args.objects, seed=args.seed, resume=args.resume, threads=args.threads,
-                                    workers=args.workers, command=command)
-    except TrainingDiverged as err:
-        print(f"text3d-edu train-pocket-latent: stopped: {err}", file=sys.stderr)
+    stats = _train(args, "train-pocket-latent", train_pocket_latent,
+                   ["vae_steps", "latent_unet_steps", "latent_size", "objects", "seed", "threads", "workers"],
+                   vae_steps=args.vae_steps, latent_unet_steps=args.latent_unet_steps, latent_size=args.latent_size,
+                   n_objects=args.objects)
+    if stats is None:
         return 1
     print(f"trained in {stats['minutes']['total']:.1f} min (held-out VAE PSNR {stats['vae_psnr_heldout']:.2f} dB); "
           f"weights and pocket_latent.json written to {args.weights_dir or 'text3d_edu/weights'}")
@@ -148,18 +151,12 @@ def _cmd_train_pocket_latent(args: argparse.Namespace) -> int:
 
 def _cmd_train_pointe(args: argparse.Namespace) -> int:
     from text3d_edu.point_e.train import train_point_e
-    from text3d_edu.priors.train import TrainingDiverged
 
-    command = (f"text3d-edu train-pointe --base-steps {args.base_steps} --upsampler-steps {args.upsampler_steps} "
-               f"--objects {args.objects} --width {args.width} --layers {args.layers} --seed {args.seed} "
-               f"--threads {args.threads}")
-    try:
-        stats = train_point_e(args.out, args.weights_dir, base_steps=args.base_steps,
-                              upsampler_steps=args.upsampler_steps, n_objects=args.objects, seed=args.seed,
-                              resume=args.resume, threads=args.threads, workers=args.workers, command=command,
-                              width=args.width, layers=args.layers)
-    except TrainingDiverged as err:
-        print(f"text3d-edu train-pointe: stopped: {err}", file=sys.stderr)
+    stats = _train(args, "train-pointe", train_point_e,
+                   ["base_steps", "upsampler_steps", "objects", "width", "layers", "seed", "threads"],
+                   base_steps=args.base_steps, upsampler_steps=args.upsampler_steps, n_objects=args.objects,
+                   width=args.width, layers=args.layers)
+    if stats is None:
         return 1
     print(f"trained in {sum(stats['minutes'].values()):.1f} min; weights and point_e.json written "
           f"to {args.weights_dir or 'text3d_edu/weights'}")

@@ -34,6 +34,7 @@ from text3d_edu.guidance.clip_loss import CLIPLossConfig, clip_loss
 from text3d_edu.guidance.sds import SDSConfig, sds_loss
 from text3d_edu.guidance.view_prompts import view_prompts
 from text3d_edu.guidance.vsd import LoRANoisePredictor, VSDConfig, lora_loss, vsd_loss
+from text3d_edu.priors import PromptCache
 from text3d_edu.rendering import render_image
 from text3d_edu.shading import ShadedField, sample_shading
 from text3d_edu.world_render import render
@@ -142,7 +143,7 @@ class _Guidance:
 
     def __init__(self, prompt: str, config: GenerateConfig, prior, clip):
         self.prompt, self.config, self.prior, self.clip = prompt, config, prior, clip
-        self._conditions: dict[str, object] = {}
+        self._condition = PromptCache(prior)
         if config.method == "clip":
             self.text_embedding = clip.encode_text([prompt])
         else:
@@ -150,13 +151,6 @@ class _Guidance:
         if config.method == "vsd":
             self.eps_phi = LoRANoisePredictor(prior, config.vsd.lora_rank)
             self.lora_cond = self._condition([prompt])
-
-    def _condition(self, prompts: list[str]):
-        for p in set(prompts) - set(self._conditions):
-            self._conditions[p] = self.prior.encode_prompt([p])
-        from text3d_edu.priors import Conditioning
-
-        return Conditioning.cat([self._conditions[p] for p in prompts])
 
     def _render(self, field_, cameras: Cameras, background, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Render for the loss; with ``shading``, each view is lit from its own random light (DreamFusion)."""

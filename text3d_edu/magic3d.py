@@ -43,6 +43,7 @@ from text3d_edu.fidelity import fidelity, fidelity_cameras
 from text3d_edu.generate import GenerateConfig, generate, judge, judge_cameras, render_views
 from text3d_edu.guidance.sds import SDSConfig, sds_loss
 from text3d_edu.guidance.view_prompts import view_prompts
+from text3d_edu.priors import PromptCache
 from text3d_edu.raster import render_mesh
 
 
@@ -103,21 +104,7 @@ def mesh_views(dmtet: DMTet, cameras: Cameras) -> Tensor:
         return render_dmtet(dmtet, cameras)["rgb"].permute(0, 3, 1, 2)
 
 
-class _Conditions:
-    """The prior's condition for each view-dependent prompt, encoded once."""
-
-    def __init__(self, prior):
-        self.prior, self.cache = prior, {}
-
-    def __call__(self, prompts: list[str]):
-        from text3d_edu.priors import Conditioning
-
-        for p in set(prompts) - set(self.cache):
-            self.cache[p] = self.prior.encode_prompt([p])
-        return Conditioning.cat([self.cache[p] for p in prompts])
-
-
-def fine_loss(dmtet: DMTet, prior, prompt: str, conditions: _Conditions, uncond, config: Magic3DConfig,
+def fine_loss(dmtet: DMTet, prior, prompt: str, conditions: PromptCache, uncond, config: Magic3DConfig,
               generator: torch.Generator) -> tuple[Tensor, dict]:
     """One stage-2 loss: rasterise the mesh from ``cameras_per_step`` random cameras at ``resolution``, SDS with
     the (latent) ``prior``, plus the normal-consistency price. Returns (loss, {"sds", "normal", "faces"})."""
@@ -194,7 +181,7 @@ def generate_magic3d(prompt: str, out_dir: str | Path | None = None, config: Mag
         generator.set_state(state["generator"])
         start_step, seconds = state["step"], state["seconds"]
 
-    conditions, uncond = _Conditions(fine_prior), fine_prior.encode_unconditional(1)
+    conditions, uncond = PromptCache(fine_prior), fine_prior.encode_unconditional(1)
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, disable=not progress,
                desc=f"magic3d fine: {prompt}")
     for step in bar:

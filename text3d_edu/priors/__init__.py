@@ -18,9 +18,9 @@ and pick a backend here:
 
 from __future__ import annotations
 
-from text3d_edu.priors.base import Conditioning, DiffusionPrior, TextImagePrior
+from text3d_edu.priors.base import Conditioning, DiffusionPrior, PromptCache, TextImagePrior
 
-__all__ = ["Conditioning", "DiffusionPrior", "TextImagePrior", "load_clip", "load_diffusion"]
+__all__ = ["Conditioning", "DiffusionPrior", "PromptCache", "TextImagePrior", "load_clip", "load_diffusion"]
 
 
 def load_clip(backend: str = "pocket", **kwargs) -> TextImagePrior:

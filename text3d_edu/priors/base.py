@@ -110,6 +110,19 @@ class Conditioning:
         return Conditioning(torch.cat([c.hidden_states for c in conditions]), pooled)
 
 
+class PromptCache:
+    """Conditions of a few prompts (a prompt and its view-dependent variants), each encoded once by
+    ``prior.encode_prompt``: ``cache(prompts)`` (B,) → their Conditioning rows (B,)."""
+
+    def __init__(self, prior: DiffusionPrior):
+        self.prior, self.cache = prior, {}
+
+    def __call__(self, prompts: list[str]) -> Conditioning:
+        for p in set(prompts) - set(self.cache):
+            self.cache[p] = self.prior.encode_prompt([p])
+        return Conditioning.cat([self.cache[p] for p in prompts])
+
+
 class DiffusionPrior(ABC):
     """A text-conditioned diffusion model ε_φ(x_t; y, t) with its noise schedule.
 

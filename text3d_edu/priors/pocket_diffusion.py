@@ -73,26 +73,25 @@ def build_scheduler():
     return DDPMScheduler(**SCHEDULER_CONFIG)
 
 
-class PocketDiffusionPrior(DiffusionPrior):
-    """The pocket U-Net behind the diffusion prior interface; x_t lives in pixel space, (B, 3, 32, 32) in [−1, 1].
+class PocketTextConditioned(DiffusionPrior):
+    """What the pocket priors share: a ``UNet2DConditionModel`` ε_φ(x_t; y, t) conditioned on the frozen pocket CLIP
+    (token features (B, 20, 64) through cross-attention, the pooled embedding (B, 64) added to the time embedding)
+    and a DDPM noise schedule. Subclasses say what x_t is: ``images_to_model``, ``model_to_images``, ``model_shape``.
 
     unet: a ``UNet2DConditionModel``; clip_model: the pocket ``open_clip.CLIP`` whose frozen text tower encodes
-    prompts; vocabulary: words the world knows (others raise a warning).
+    prompts; scheduler: the training ``DDPMScheduler``; vocabulary: words the world knows (others raise a warning).
     """
 
-    def __init__(self, unet, clip_model, tokenizer=None, vocabulary: set[str] | None = None,
+    def __init__(self, unet, clip_model, scheduler, tokenizer=None, vocabulary: set[str] | None = None,
                  device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.unet = unet.to(self.device).eval().requires_grad_(False)
         self.clip_model = clip_model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer or build_tokenizer()
         self.vocabulary = vocabulary
-        scheduler = build_scheduler()
         self.scheduler_config = dict(scheduler.config)
         self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device)  # ᾱ_t, (T,)
         self.num_train_timesteps = scheduler.config.num_train_timesteps
-        self.image_size = IMAGE_SIZE
-        self.model_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
 
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> Conditioning:
@@ -110,11 +109,21 @@ class PocketDiffusionPrior(DiffusionPrior):
         return self._encode([""]).expand(batch)
 
     def predict_noise(self, x_t: Tensor, t: Tensor | int, cond: Conditioning) -> Tensor:
-        """ε_φ(x_t; y, t): x_t (B, 3, 32, 32), t int or (B,), cond (B or 1 rows) → ε (B, 3, 32, 32)."""
+        """ε_φ(x_t; y, t): x_t (B, *model_shape), t int or (B,), cond (B or 1 rows) → ε (B, *model_shape)."""
         batch = self.check_model_input(x_t).shape[0]
         t = self.timesteps_for(t, batch).to(self.device)
         cond = cond.expand(batch)
         return self.unet(x_t, t, encoder_hidden_states=cond.hidden_states, class_labels=cond.pooled).sample
+
+
+class PocketDiffusionPrior(PocketTextConditioned):
+    """The pocket U-Net behind the diffusion prior interface; x_t lives in pixel space, (B, 3, 32, 32) in [−1, 1]."""
+
+    def __init__(self, unet, clip_model, tokenizer=None, vocabulary: set[str] | None = None,
+                 device: str | torch.device = "cpu"):
+        super().__init__(unet, clip_model, build_scheduler(), tokenizer, vocabulary, device)
+        self.image_size = IMAGE_SIZE
+        self.model_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
 
     def images_to_model(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] → x_0 = 2·image − 1, resized to (B, 3, 32, 32)."""

@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from text3d_edu.priors.base import Conditioning, DiffusionPrior, check_images, check_prompts, resize
-from text3d_edu.priors.clip import warn_unknown_words
-from text3d_edu.priors.pocket_clip import TEXT_WIDTH, WEIGHTS_DIR, build_tokenizer, load_clip_model, text_features
+from text3d_edu.priors.base import check_images, resize
+from text3d_edu.priors.pocket_clip import TEXT_WIDTH, WEIGHTS_DIR, load_clip_model
+from text3d_edu.priors.pocket_diffusion import PocketTextConditioned
 
 IMAGE_SIZE = 64
 LATENT_CHANNELS = 4
@@ -131,13 +131,13 @@ def decode(vae, z_0: Tensor) -> Tensor:
     return ((vae.decode(z_0 / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
 
 
-class PocketLatentDiffusion(DiffusionPrior):
+class PocketLatentDiffusion(PocketTextConditioned):
     """The pocket LDM behind the diffusion prior interface, as ``real.StableDiffusionPrior`` is: x_t are latents
-    (B, 4, h, w); ``images_to_model`` encodes with the VAE × scaling factor, ``model_to_images`` decodes.
+    (B, 4, h, w); ``images_to_model`` encodes with the VAE × scaling factor, ``model_to_images`` decodes. Prompts
+    are encoded as the pixel prior's are (``pocket_diffusion.PocketTextConditioned``).
 
     unet: a latent ``UNet2DConditionModel``; vae: an ``AutoencoderKL`` whose config holds the scaling factor s;
-    clip_model: the pocket ``open_clip.CLIP`` whose frozen text tower encodes prompts; vocabulary: words the world
-    knows (others raise a warning).
+    clip_model: the pocket ``open_clip.CLIP``; vocabulary: words the world knows (others raise a warning).
     """
 
     def __init__(self, unet, vae, clip_model, tokenizer=None, vocabulary: set[str] | None = None,
@@ -145,44 +145,14 @@ class PocketLatentDiffusion(DiffusionPrior):
         if unet.config.in_channels != vae.config.latent_channels:
             raise ValueError(f"the U-Net takes {unet.config.in_channels} channels, the VAE makes "
                              f"{vae.config.latent_channels}")
-        self.device = torch.device(device)
-        self.unet = unet.to(self.device).eval().requires_grad_(False)
+        super().__init__(unet, clip_model, build_scheduler(), tokenizer, vocabulary, device)
         self.vae = vae.to(self.device).eval().requires_grad_(False)
-        self.clip_model = clip_model.to(self.device).eval().requires_grad_(False)
-        self.tokenizer = tokenizer or build_tokenizer()
-        self.vocabulary = vocabulary
-        scheduler = build_scheduler()
-        self.scheduler_config = dict(scheduler.config)
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device)  # ᾱ_t, (T,)
-        self.num_train_timesteps = scheduler.config.num_train_timesteps
         self.image_size = vae.config.sample_size
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)  # 4 for 16² latents of 64² images
         latent = self.image_size // self.vae_scale
         if unet.config.sample_size != latent:
             raise ValueError(f"the U-Net was built for {unet.config.sample_size}² latents, the VAE makes {latent}²")
         self.model_shape = (vae.config.latent_channels, latent, latent)
-
-    @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> Conditioning:
-        hidden, pooled = text_features(self.clip_model, self.tokenizer(prompts).to(self.device))
-        return Conditioning(hidden, pooled)  # (B, 20, 64), (B, 64)
-
-    def encode_prompt(self, prompts: list[str]) -> Conditioning:
-        """Prompts (B,) → token features (B, 20, 64) and pooled embedding (B, 64) of the frozen pocket CLIP."""
-        prompts = check_prompts(prompts)
-        warn_unknown_words(prompts, self.vocabulary)
-        return self._encode(prompts)
-
-    def encode_unconditional(self, batch: int = 1) -> Conditioning:
-        """The empty prompt's condition, (batch, 20, 64) and (batch, 64)."""
-        return self._encode([""]).expand(batch)
-
-    def predict_noise(self, x_t: Tensor, t: Tensor | int, cond: Conditioning) -> Tensor:
-        """ε_φ(z_t; y, t): z_t (B, 4, h, w), t int or (B,), cond (B or 1 rows) → ε (B, 4, h, w)."""
-        batch = self.check_model_input(x_t).shape[0]
-        t = self.timesteps_for(t, batch).to(self.device)
-        cond = cond.expand(batch)
-        return self.unet(x_t, t, encoder_hidden_states=cond.hidden_states, class_labels=cond.pooled).sample
 
     def images_to_model(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] → latents z_0 = s·μ(2·image − 1), (B, 4, h, w), the image resized to

@@ -142,44 +142,60 @@ def train_clip(data: dict, steps: int, seed: int, out: Path, resume: bool, batch
     return result["model"], result["loss"]
 
 
-def train_unet(data: dict, clip_model, steps: int, seed: int, out: Path, resume: bool, batch_size: int = 64,
-               lr: float = 6e-4, ema_decay: float = 0.999, checkpoint_every: int = 500):
-    """DDPM training of the pocket U-Net conditioned on the frozen CLIP's text features; returns (EMA U-Net, loss)."""
+def train_denoiser(phase: str, phase_id: int, unet, x_0_of, n: int, data: dict, alphas_cumprod: torch.Tensor,
+                   clip_model, steps: int, seed: int, out: Path, resume: bool, batch_size: int = 64,
+                   lr: float = 6e-4, ema_decay: float = 0.999, checkpoint_every: int = 500):
+    """DDPM training of a text-conditioned U-Net on DDPM's simplified loss (Ho et al. 2020, eq. 14),
+    L = ‖ε − ε_φ(√ᾱ_t x_0 + √(1−ᾱ_t) ε; y, t)‖², conditioned on the frozen pocket CLIP's text features, 10 % of
+    captions dropped to "" for classifier-free guidance; returns (EMA U-Net, smoothed loss).
+
+    x_0_of(index (B,)) → x_0 (B, C, h, w): the training samples, pixels in [−1, 1] or unit-variance latents; n of them,
+    captioned by ``data``; alphas_cumprod: ᾱ_t (T,) of the noise schedule.
+    """
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
     accelerator = Accelerator()
-    unet = pocket_diffusion.build_unet(seed)
+    device = accelerator.device
     ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, foreach=True)
-    ema.to(accelerator.device)
-    scheduler = pocket_diffusion.build_scheduler()
-    alphas_cumprod = scheduler.alphas_cumprod  # ᾱ_t, (T,)
+    ema.to(device)
     tokenizer = pocket_clip.build_tokenizer()
-    clip_model = clip_model.to(accelerator.device).eval().requires_grad_(False)
+    clip_model = clip_model.to(device).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(250, steps // 10),
                                  num_training_steps=steps)
-    n, T = data["images"].shape[0], scheduler.config.num_train_timesteps
+    T = len(alphas_cumprod)
 
     def loss_fn(unet, generator):
         index = torch.randint(n, (batch_size,), generator=generator)
-        x_0 = data["images"][index].float() / 255 * 2 - 1  # (B, 3, 32, 32) in [−1, 1]
+        x_0 = x_0_of(index)
         captions = pocket_data.sample_captions(data, index, generator, drop_probability=0.1)
         noise = torch.randn(x_0.shape, generator=generator)  # ε
         t = torch.randint(0, T, (batch_size,), generator=generator)
         a = alphas_cumprod[t].reshape(-1, 1, 1, 1)
         x_t = a.sqrt() * x_0 + (1 - a).sqrt() * noise  # DDPM eq. 4
         with torch.no_grad():
-            hidden, pooled = pocket_clip.text_features(clip_model, tokenizer(captions).to(accelerator.device))
-        device = accelerator.device
+            hidden, pooled = pocket_clip.text_features(clip_model, tokenizer(captions).to(device))
         eps = unet(x_t.to(device), t.to(device), encoder_hidden_states=hidden, class_labels=pooled).sample
         return F.mse_loss(eps, noise.to(device))  # DDPM eq. 14
 
-    result = training_loop("unet", 1, accelerator, unet, optimizer, lr_scheduler, steps, loss_fn, out, seed, resume,
-                   checkpoint_every, ema=ema)
+    result = training_loop(phase, phase_id, accelerator, unet, optimizer, lr_scheduler, steps, loss_fn, out, seed,
+                           resume, checkpoint_every, ema=ema)
     ema.copy_to(result["model"].parameters())
     return result["model"], result["loss"]
+
+
+def train_unet(data: dict, clip_model, steps: int, seed: int, out: Path, resume: bool, **kwargs):
+    """The pocket pixel-space U-Net on ``data``'s 32×32 renders (``train_denoiser``); returns (EMA U-Net, loss)."""
+    images = data["images"]  # (N, 3, 32, 32) uint8
+
+    def x_0_of(index):
+        return images[index].float() / 255 * 2 - 1  # (B, 3, 32, 32) in [−1, 1]
+
+    return train_denoiser("unet", 1, pocket_diffusion.build_unet(seed), x_0_of, images.shape[0], data,
+                          pocket_diffusion.build_scheduler().alphas_cumprod, clip_model, steps, seed, out, resume,
+                          **kwargs)
 
 
 def _round_to_half(model: torch.nn.Module) -> torch.nn.Module:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from text3d_edu.priors import data as pocket_data
 from text3d_edu.priors import pocket_clip, pocket_latent
-from text3d_edu.priors.train import save_weights, training_loop
+from text3d_edu.priors.train import save_weights, train_denoiser, training_loop
 
 STATS_FILE = "pocket_latent.json"
 VAE_PHASE, UNET_PHASE = 2, 3  # phase ids in the step generators (0, 1 are train-pocket's CLIP and U-Net)
@@ -100,46 +100,16 @@ def train_vae(images: Tensor, steps: int, seed: int, out: Path, resume: bool, la
 
 
 def train_latent_unet(data: dict, latents: Tensor, clip_model, steps: int, seed: int, out: Path, resume: bool,
-                      batch_size: int = 64, lr: float = 6e-4, ema_decay: float = 0.999, checkpoint_every: int = 500,
-                      unet=None):
-    """DDPM training of the latent U-Net on cached latents z_0 (N, 4, h, w) (``encode_dataset``) of ``data``'s
-    images, conditioned on the frozen pocket CLIP; returns (EMA U-Net, smoothed loss).
+                      unet=None, **kwargs):
+    """DDPM training of the latent U-Net (``priors.train.train_denoiser``) on cached latents z_0 (N, 4, h, w)
+    (``encode_dataset``) of ``data``'s images; returns (EMA U-Net, smoothed loss).
 
     unet: a U-Net to train (tests pass a tiny one); by default ``pocket_latent.build_latent_unet(h, seed)``.
     """
-    from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-
-    accelerator = Accelerator()
     unet = unet if unet is not None else pocket_latent.build_latent_unet(latents.shape[-1], seed)
-    ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, foreach=True)
-    ema.to(accelerator.device)
-    alphas_cumprod = pocket_latent.build_scheduler().alphas_cumprod  # ᾱ_t, (T,)
-    tokenizer = pocket_clip.build_tokenizer()
-    clip_model = clip_model.to(accelerator.device).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4)
-    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(250, steps // 10), num_training_steps=steps)
-    n, T = latents.shape[0], len(alphas_cumprod)
-
-    def loss_fn(unet, generator):
-        index = torch.randint(n, (batch_size,), generator=generator)
-        z_0 = latents[index]  # (B, 4, h, w), unit variance
-        captions = pocket_data.sample_captions(data, index, generator, drop_probability=0.1)
-        noise = torch.randn(z_0.shape, generator=generator)  # ε
-        t = torch.randint(0, T, (batch_size,), generator=generator)
-        a = alphas_cumprod[t].reshape(-1, 1, 1, 1)
-        z_t = a.sqrt() * z_0 + (1 - a).sqrt() * noise  # DDPM eq. 4, in latent space
-        device = accelerator.device
-        with torch.no_grad():
-            hidden, pooled = pocket_clip.text_features(clip_model, tokenizer(captions).to(device))
-        eps = unet(z_t.to(device), t.to(device), encoder_hidden_states=hidden, class_labels=pooled).sample
-        return F.mse_loss(eps, noise.to(device))  # DDPM eq. 14
-
-    result = training_loop("latent_unet", UNET_PHASE, accelerator, unet, optimizer, lr_scheduler, steps, loss_fn,
-                           out, seed, resume, checkpoint_every, ema=ema)
-    ema.copy_to(result["model"].parameters())
-    return result["model"], result["loss"]
+    return train_denoiser("latent_unet", UNET_PHASE, unet, lambda index: latents[index], latents.shape[0], data,
+                          pocket_latent.build_scheduler().alphas_cumprod, clip_model, steps, seed, out, resume,
+                          **kwargs)
 
 
 def train_pocket_latent(out_dir: str | Path = "runs/pocket_latent", weights_dir: str | Path | None = None,
