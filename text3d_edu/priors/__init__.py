@@ -6,7 +6,8 @@ and pick a backend here:
 - ``"pocket"`` (default): tiny models trained on the Pocket World, shipped as safetensors in
   ``text3d_edu/weights`` and loaded offline (``pocket_clip``, ``pocket_diffusion``; trained by ``train``);
 - ``"pocket-latent"``: the pocket latent diffusion prior (a small VAE + a U-Net on its 16×16×4 latents, 64×64
-  images; ``pocket_latent``), trained by ``text3d-edu train-pocket-latent`` (no weights shipped yet);
+  images; ``pocket_latent``), shipped in ``text3d_edu/weights`` too (``POCKET_LDM_MODEL_CARD.md``), retrained by
+  ``text3d-edu train-pocket-latent``;
 - ``"openclip"`` / ``"stable-diffusion"``: pretrained OpenCLIP and Stable Diffusion (``real``), when their
   weights are in the Hugging Face cache (or downloadable).
 

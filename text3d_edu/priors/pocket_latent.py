@@ -26,8 +26,8 @@ Text conditioning is the pixel prior's (``pocket_diffusion``): the frozen pocket
 through cross-attention and its pooled embedding (B, 64) added to the time embedding; 10 % of training captions
 are dropped to "" for classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598).
 
-Trained by ``text3d-edu train-pocket-latent`` (``priors.train_latent``); the measured step rates and the proposed
-schedule are in ``text3d_edu/weights/POCKET_LDM_PLAN.md`` (no weights are shipped yet).
+Trained by ``text3d-edu train-pocket-latent`` (``priors.train_latent``); the shipped weights, how they were trained
+and what they measure are in ``text3d_edu/weights/POCKET_LDM_MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -170,9 +170,9 @@ def _load(build, path: Path, what: str):
     from safetensors.torch import load_file
 
     if not path.exists():
-        raise FileNotFoundError(f"no pocket LDM {what} weights at {path}: none are shipped yet; train them with "
-                                f"`{TRAIN_COMMAND}` (see text3d_edu/weights/POCKET_LDM_PLAN.md), or pass "
-                                f"weights_dir= a folder that holds {path.name}")
+        raise FileNotFoundError(f"no pocket LDM {what} weights at {path}: train them with `{TRAIN_COMMAND}` "
+                                f"(see text3d_edu/weights/POCKET_LDM_MODEL_CARD.md), or pass weights_dir= a folder "
+                                f"that holds {path.name}")
     with safe_open(str(path), "pt") as f:
         config = json.loads(f.metadata()["config"])
     model = build({k: v for k, v in config.items() if not k.startswith("_")})  # not diffusers' bookkeeping keys
