@@ -111,3 +111,30 @@ def test_bad_options_are_named():
         Magic3DConfig(steps=0)
     with pytest.raises(ValueError, match="empty prompt"):
         generate_magic3d("  ", None, tiny_config(), fine_prior=object(), clip=object(), prior=object())
+
+
+def test_the_hand_over_keeps_a_thin_part_that_a_fixed_threshold_cuts_off():
+    """A dense ball (σ = 30) on a thin, fainter stem (σ = 8, radius 0.2): the stem is seen (opacity
+    1 − exp(−8 · 0.4) ≈ 0.96 across it) but never reaches τ = 10. The silhouette-matched τ keeps it."""
+    from text3d_edu.fields import GridField
+    from text3d_edu.magic3d import silhouette_threshold
+
+    field = GridField(48)
+    axis = torch.linspace(-1, 1, 48)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    ball = (x**2 + (y - 0.3) ** 2 + z**2) < 0.35**2
+    stem = (x**2 + z**2 < 0.2**2) & (y > -0.6) & (y < 0.3)
+    sigma = torch.full_like(x, 0.01)
+    sigma[stem] = 8.0
+    sigma[ball] = 30.0
+    with torch.no_grad():
+        field.log_sigma.copy_(sigma.log()[None, None])
+    dmtet = DMTet(32, 16)
+    tau = silhouette_threshold(dmtet, field, judge_cameras(32))
+    assert tau < 8.0
+    dmtet.init_from_field(field, tau)
+    vertices, _ = dmtet()
+    assert (vertices[:, 1] < -0.3).any()  # the stem's lower half is meshed
+    dmtet.init_from_field(field, 10.0)
+    vertices, _ = dmtet()
+    assert not (vertices[:, 1] < -0.1).any()  # τ = 10 keeps the ball only
