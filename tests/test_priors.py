@@ -317,7 +317,8 @@ def test_prompt_cache_encodes_each_prompt_once_and_keeps_the_order():
     from text3d_edu.priors import PromptCache
 
     class CountingPrior:
-        calls: list[str] = []
+        def __init__(self):
+            self.calls = []
 
         def encode_prompt(self, prompts):
             self.calls += prompts

@@ -210,6 +210,13 @@ class VoxelColourField(nn.Module):
         return torch.sigmoid(trilinear(self.logits, points))
 
 
+@torch.no_grad()
+def query_field(field: nn.Module, points: Tensor) -> tuple[Tensor, Tensor]:
+    """A field's (σ (N,), rgb (N, 3)) at points (N, 3), in chunks, with no view direction (zeros)."""
+    outputs = [field(chunk, torch.zeros_like(chunk)) for chunk in points.split(65536)]
+    return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+
+
 def density_threshold(density: Tensor, threshold: float | str = "auto") -> float:
     """τ for s = τ − σ. A number is used as given; "auto" is threestudio's choice for Magic3D's refine stage
     (``isosurface_threshold: auto`` in ``ImplicitVolume``): the mean density over the points where σ > 10⁻⁵,
@@ -284,11 +291,7 @@ class DMTet(nn.Module):
         s = τ − σ has the units of density, not of distance: only its sign and its ratios along each edge matter
         to the extracted surface, which sits where the trilinear σ crosses τ (up to the linear interpolation).
         """
-        def query(points: Tensor) -> tuple[Tensor, Tensor]:
-            outputs = [field(chunk, torch.zeros_like(chunk)) for chunk in points.split(65536)]
-            return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
-
-        sigma, _ = query(self.grid_positions)
+        sigma, _ = query_field(field, self.grid_positions)
         tau = density_threshold(sigma, threshold)
         flat = sigma.max() - sigma.min() <= 1e-5 * sigma.abs().max()  # a constant field: τ splits rounding noise
         if flat or not sigma.min() < tau < sigma.max():
@@ -296,7 +299,7 @@ class DMTet(nn.Module):
                              " nothing to mesh; choose a threshold inside that range")
         self.sdf.copy_(tau - sigma)
         self.deformation.zero_()
-        _, rgb = query(self.colour.grid_points())
+        _, rgb = query_field(field, self.colour.grid_points())
         logits = torch.logit(rgb.clamp(1e-4, 1 - 1e-4))  # (G³, 3)
         self.colour.logits.copy_(logits.T.reshape_as(self.colour.logits))
         return tau

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from text3d_edu import toyworld
 from text3d_edu.cameras import Cameras, sample_cameras
-from text3d_edu.dmtet import DMTet
+from text3d_edu.dmtet import DMTet, marching_tetrahedra, query_field
 from text3d_edu.fidelity import fidelity, fidelity_cameras
 from text3d_edu.generate import GenerateConfig, generate, judge, judge_cameras, render_views
 from text3d_edu.guidance.sds import SDSConfig, sds_loss
@@ -104,17 +104,15 @@ def silhouette_threshold(dmtet: DMTet, field, cameras: Cameras,
     opacity 1 − exp(−∫σ dt) reaches ½: a thin part (a stem, a leg) is seen without ever reaching a high σ, so a
     fixed τ = 10 (generate's mesh.glb level) cut the pink mushroom's stem off (its mesh's silhouette IoU with the
     true mushroom: 0.54 at τ = 10, 0.78 at the matched τ = 3), while on a hazy field a low τ would mesh the haze.
-    Leaves ``dmtet`` initialised at the last candidate tried; returns τ."""
+    ``dmtet`` gives the grid (it is not changed); returns τ."""
     with torch.no_grad():
         target = render_image(field, cameras, 48)["opacity"] > 0.5
+        sigma, _ = query_field(field, dmtet.grid_positions)  # σ at the grid vertices, once for every candidate
         scores = {}
         for tau in candidates:
             try:
-                dmtet.init_from_field(field, tau)
+                vertices, faces = marching_tetrahedra(dmtet.grid_positions, tau - sigma, dmtet.tets)
             except ValueError:  # the density never crosses this τ
-                continue
-            vertices, faces = dmtet()
-            if len(faces) == 0:
                 continue
             mask = render_mesh(vertices, faces, torch.zeros_like(vertices), cameras)["opacity"] > 0.5
             scores[tau] = ((mask & target).sum() / (mask | target).sum().clamp_min(1)).item()
