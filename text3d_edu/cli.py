@@ -74,19 +74,39 @@ def _cmd_grade(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from text3d_edu.grading import grader, junit, report
+    from text3d_edu.grading import grader, junit, progress, report
     from text3d_edu.grading.sandbox import Limits
 
     pass_mark = grader.PassMark.parse(args.min_score) if args.min_score is not None else None
     reports = [Path(path) for path in (args.json, args.csv, args.junit) if path]
     for report_path in reports:  # before grading, so that a path that cannot be written fails at once
         report_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path = args.progress or (f"{reports[0]}.jsonl" if reports else None)
+    if args.resume and log_path is None:
+        raise ValueError("--resume reads the progress log: pass --progress FILE, or the --json/--csv/--junit "
+                         "report of the interrupted run (its log is REPORT.jsonl)")
     limits = Limits(cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout,
                     memory_mb=args.memory_mb)
-    results = grader.grade_notebooks(
-        args.notebooks, solutions=args.solutions, limits=limits, jobs=args.jobs,
-        on_result=lambda result: print(report.feedback(result), flush=True),
-    )
+    solutions = Path(args.solutions) if args.solutions else grader.default_solutions_dir()
+    log = progress.ProgressLog(log_path, progress.masters_fingerprint(solutions), args.resume) if log_path else None
+    reused = {path: result for path in args.notebooks if log and (result := log.reusable(path))}
+    if reused:
+        print(f"{len(reused)} of {len(args.notebooks)} notebooks already graded in {log_path} (same file, same "
+              f"masters): not graded again")
+
+    def on_result(result: grader.SubmissionResult) -> None:
+        if log:
+            log.append(result)
+        print(report.feedback(result), flush=True)
+
+    try:
+        fresh = grader.grade_notebooks([path for path in args.notebooks if path not in reused],
+                                       solutions=solutions, limits=limits, jobs=args.jobs, on_result=on_result)
+    finally:
+        if log:
+            log.close()
+    fresh = iter(fresh)
+    results = [reused[path] if path in reused else next(fresh) for path in args.notebooks]
     if args.json:
         report.write_json(results, args.json)
     if args.csv:
@@ -103,7 +123,8 @@ def _grade(args: argparse.Namespace) -> int:
     print(f"graded {len(results) - len(failed)} of {len(results)} notebooks"
           + (f"; not graded: {', '.join(failed)}" if failed else "")
           + (f"; below {pass_mark}: {', '.join(below)}" if below else "")
-          + (f"; results in {', '.join(map(str, reports))}" if reports else ""))
+          + (f"; results in {', '.join(map(str, reports))}" if reports else "")
+          + (f"; progress log {log_path}" if log_path else ""))
     if any(r.grader_failed for r in results):
         return 2
     return 1 if failed or below else 0
@@ -426,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solutions", help="masters; default: the repository's solutions/")
     p.add_argument("--json", help="write every result to this JSON file")
     p.add_argument("--csv", help="write a gradebook (one row per notebook) to this CSV file")
+    p.add_argument("--progress", metavar="FILE",
+                   help="append each result to this JSON-lines file as soon as it is graded "
+                        "(default: the first of --json/--csv/--junit with .jsonl added)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the progress log and skip the notebooks it already holds (same file, same masters)")
     p.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (one kernel each)")
     p.add_argument("--timeout", type=float, default=120, help="seconds per cell")
     p.add_argument("--notebook-timeout", type=float, default=900, help="seconds per notebook")

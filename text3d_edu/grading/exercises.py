@@ -119,10 +119,13 @@ def check_master(master: nbformat.NotebookNode, name: str) -> None:
     seen = set()
     for index, cell in enumerate(master.cells):
         meta = nbgrader(cell)
+        if not isinstance(meta, dict):
+            raise ValueError(f"{name}, cell {index}: its nbgrader metadata must be a mapping (schema v3), "
+                             f"not {type(meta).__name__}")
         where = f"{name}, cell {index} ({meta.get('grade_id', 'no grade_id')})"
         if meta:
-            if not meta.get("grade_id"):
-                raise ValueError(f"{where}: nbgrader cell without a grade_id")
+            if not meta.get("grade_id") or not isinstance(meta["grade_id"], str):
+                raise ValueError(f"{where}: nbgrader cell without a grade_id (a non-empty string)")
             if meta["grade_id"] in seen:
                 raise ValueError(f"{where}: grade_id used twice")
             seen.add(meta["grade_id"])
@@ -130,7 +133,9 @@ def check_master(master: nbformat.NotebookNode, name: str) -> None:
             raise ValueError(f"{where}: manually graded answers (grade and solution) are not autogradable")
         if meta.get("solution") and meta.get("locked"):
             raise ValueError(f"{where}: a solution cell cannot be locked")
-        if is_test_cell(cell) and (cell.cell_type != "code" or not meta.get("locked") or "points" not in meta):
+        points = meta.get("points")
+        if is_test_cell(cell) and (cell.cell_type != "code" or not meta.get("locked")
+                                   or not isinstance(points, (int, float)) or isinstance(points, bool)):
             raise ValueError(f"{where}: a test cell must be a locked code cell with points")
         has_region = any(_BEGIN_SOLUTION.match(line) for line in cell.source.splitlines())
         if cell.cell_type == "code" and has_region and not is_solution_cell(cell):

@@ -76,6 +76,15 @@ class SubmissionResult:
             "questions": [asdict(q) for q in self.questions],
         }
 
+    def as_record(self) -> dict:
+        """Every field, for the progress log (``progress.py``); ``from_record`` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> SubmissionResult:
+        questions = [QuestionResult(**question) for question in record["questions"]]
+        return cls(**{**record, "questions": questions})
+
 
 @dataclass(frozen=True)
 class PassMark:
@@ -129,14 +138,29 @@ def load_masters(solutions: Path) -> dict[str, nbformat.NotebookNode]:
     return masters
 
 
+def _claimed_nbgrader(cell: nbformat.NotebookNode) -> object:
+    """What a *submitted* cell holds as its nbgrader metadata: anything at all, the file is the student's."""
+    metadata = cell.get("metadata")
+    return metadata.get("nbgrader") if isinstance(metadata, dict) else None
+
+
+def submitted_grade_id(cell: nbformat.NotebookNode) -> str | None:
+    """The grade_id a submitted cell claims, or None when its metadata is not nbgrader's shape
+    (``"nbgrader": "oops"``, a list as ``grade_id``): such a cell counts as the student's own."""
+    meta = _claimed_nbgrader(cell)
+    grade_id = meta.get("grade_id") if isinstance(meta, dict) else None
+    return grade_id if isinstance(grade_id, str) and grade_id else None
+
+
 def _grade_ids(nb: nbformat.NotebookNode) -> set[str]:
-    return {nbgrader(cell)["grade_id"] for cell in nb.cells if nbgrader(cell).get("grade_id")}
+    return {grade_id for cell in nb.cells if (grade_id := submitted_grade_id(cell))}
 
 
 def find_master(path: Path, submission: nbformat.NotebookNode, masters: dict) -> str:
     """The exercise ``submission`` answers (a key of ``masters``)."""
-    recorded = submission.metadata.get("text3d_edu", {}).get("exercise")
-    if recorded in masters:
+    recorded = submission.metadata.get("text3d_edu", {})
+    recorded = recorded.get("exercise") if isinstance(recorded, dict) else None
+    if isinstance(recorded, str) and recorded in masters:
         return recorded
     if path.stem in masters:
         return path.stem
@@ -158,10 +182,10 @@ def assemble(master: nbformat.NotebookNode, submission: nbformat.NotebookNode) -
     """[(grade_id or None, source)] to run, and notes on locked cells the student changed or deleted."""
     originals = {nbgrader(c)["grade_id"]: c for c in master.cells if c.cell_type == "code" and nbgrader(c)}
     cells, notes, found = [], [], set()
-    for cell in submission.cells:
-        if cell.cell_type != "code":
-            continue
-        grade_id = nbgrader(cell).get("grade_id")
+    for number, cell in enumerate((c for c in submission.cells if c.cell_type == "code"), 1):
+        grade_id = submitted_grade_id(cell)
+        if grade_id is None and _claimed_nbgrader(cell) is not None:
+            notes.append(f"code cell {number}: unusable nbgrader metadata; run as the student's own cell")
         original = originals.get(grade_id) if grade_id not in found else None
         if original is None:  # the student's own cell, or a second copy of a master cell
             cells.append((None, cell.source))
@@ -240,23 +264,34 @@ def score(master, cells: list, outcomes: list[CellOutcome]) -> list[QuestionResu
 
 
 async def grade_submission(path: Path, masters: dict, limits: Limits) -> SubmissionResult:
-    """Grade one notebook; whatever goes wrong is reported in the result, never raised."""
+    """Grade one notebook; whatever goes wrong is reported in its result, never raised: the file is untrusted,
+    and one bad notebook must cost only its own entry in a batch."""
+    exercise = None
     try:
         submission = nbformat.read(path, as_version=4)
         exercise = find_master(Path(path), submission, masters)
-    except Exception as err:  # untrusted file: anything unreadable is reported, the batch goes on
-        return SubmissionResult(str(path), None, errors=[f"could not be graded: {err}"], graded=False)
-    cells, notes = assemble(masters[exercise], submission)
+        cells, notes = assemble(masters[exercise], submission)
+    except Exception as err:
+        return _not_graded(path, exercise, err)
     try:
         outcomes = await run_cells([source for _, source in cells], Path(path), limits)
-    except Exception as err:  # no kernel: nothing ran
-        return SubmissionResult(str(path), exercise, errors=[f"could not be graded: {err}"], graded=False,
-                                grader_failed=True)
-    for index, ((cell_id, _), outcome) in enumerate(zip(cells, outcomes)):
-        if outcome.kernel_lost:
-            where = f"cell '{cell_id}'" if cell_id else f"code cell {index + 1}"
-            notes.append(f"{where}: {describe(outcome)}; a new kernel re-ran the cells before it")
-    return SubmissionResult(str(path), exercise, score(masters[exercise], cells, outcomes), notes)
+    except Exception as err:  # no kernel: nothing ran, and not the student's doing
+        return _not_graded(path, exercise, err, grader_failed=True)
+    try:
+        for index, ((cell_id, _), outcome) in enumerate(zip(cells, outcomes)):
+            if outcome.kernel_lost:
+                where = f"cell '{cell_id}'" if cell_id else f"code cell {index + 1}"
+                notes.append(f"{where}: {describe(outcome)}; a new kernel re-ran the cells before it")
+        return SubmissionResult(str(path), exercise, score(masters[exercise], cells, outcomes), notes)
+    except Exception as err:
+        return _not_graded(path, exercise, err)
+
+
+def _not_graded(path: Path, exercise: str | None, err: Exception, grader_failed: bool = False) -> SubmissionResult:
+    """The entry of a notebook that could not be graded; our own ``ValueError`` messages already say why."""
+    reason = str(err) if type(err) is ValueError else f"{type(err).__name__}: {err}"
+    return SubmissionResult(str(path), exercise, errors=[f"could not be graded: {reason}"], graded=False,
+                            grader_failed=grader_failed)
 
 
 def grade_notebooks(

@@ -42,6 +42,7 @@ except ImportError:  # Windows: no memory limit
     resource = None
 
 INTERRUPT_GRACE_S = 5  # how long an interrupted kernel has to answer again before it is killed
+MESSAGE_CHARS = 2000  # of an error's name and message kept for the report: the student writes them
 _TIMEOUT_ENAME = "CellTimeLimit"  # ename of the error nbclient reports for a cell over its time limit
 
 # nbclient logs every timeout and dead kernel as an error; the grader reports them itself.
@@ -136,7 +137,16 @@ class _Kernel:
             except RuntimeError:
                 return CellOutcome("timeout", evalue=f"{self.client.timeout} s", kernel_lost=True)
             return CellOutcome("timeout", evalue=f"{self.client.timeout} s")
-        return CellOutcome("error", self.reply["ename"], self.reply["evalue"])
+        return CellOutcome("error", _bounded(self.reply["ename"]), _bounded(self.reply["evalue"]))
+
+
+def _bounded(text: object) -> str:
+    """A student-written error text fit for a report: at most ``MESSAGE_CHARS``, and always encodable (a lone
+    surrogate in an exception message would stop the CSV, or the terminal, that prints it)."""
+    text = str(text)
+    if len(text) > MESSAGE_CHARS:
+        text = f"{text[:MESSAGE_CHARS]}… ({len(text)} characters)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def run_cells(sources: list[str], notebook: Path, limits: Limits) -> list[CellOutcome]:
