@@ -404,7 +404,7 @@ def test_grade_command_feedback_json_and_gradebook(tmp_path, capsys):
     report = json.loads(out_json.read_text())
     assert list(report) == ["submissions"]
     alice, bob = report["submissions"]
-    assert list(alice) == ["notebook", "score", "max_score", "errors", "questions"]
+    assert list(alice) == ["notebook", "score", "max_score", "errors", "questions", "sandbox"]
     assert alice["notebook"] == str(submissions[0]) and (alice["score"], alice["max_score"]) == (1, 3)
     assert alice["questions"][0] == {
         "grade_id": "exclusive_cumprod_test",

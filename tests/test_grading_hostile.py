@@ -4,23 +4,30 @@ scores alone.
 
 * nothing lost: malformed metadata or any other surprise in one file is that file's entry, never the batch's;
   results reach the progress log as each notebook finishes, and ``--resume`` after ``kill -9`` grades only
-  what is left.
+  what is left;
+* containment: one batch of hostile answers graded by ``text3d-edu grade`` in a process of its own (an answer
+  that kills its kernel's parent must not take pytest along), beside an honest notebook. Where the grader is not
+  root the kernels are not confined, and these tests are skipped (a fork bomb must never run unconfined).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import nbformat
-from test_grading import FIXTURES, WARMUP, cell, model_answer, write
+import pytest
+from test_grading import FIXTURES, REPO, WARMUP, cell, model_answer, write
 
-from text3d_edu.grading import grader
+from text3d_edu.grading import grader, jail
 
 SOLUTIONS = FIXTURES / "solutions"
+CONFINED = jail.probe().confined
 
 
 def grade_command(*args: str | Path) -> list[str]:
@@ -110,3 +117,149 @@ def test_resume_needs_a_progress_log(capsys):
 
     assert main(["grade", str(WARMUP), "--resume"]) == 2
     assert "--resume reads the progress log" in capsys.readouterr().err
+
+
+# --- containment ----------------------------------------------------------------------------------------------
+
+HONEST_CUMPROD = cell(model_answer(WARMUP), "exclusive_cumprod").source
+FORKS, PROCESSES = 300, 48  # the fork bomb tries 300 processes; the kernel's user may have 48 (threads included)
+SLEEPER = "sleep 30.5"  # what each forked process becomes: findable by its command line
+
+
+def _hostile_answers(folder: Path) -> tuple[dict[str, str], list[str]]:
+    """{name: source of the exclusive_cumprod answer cell} (softplus is always answered honestly), and the paths
+    outside its folder that one of them writes."""
+    master, neighbour = SOLUTIONS / "00_warmup.ipynb", folder / "honest" / "00_warmup.ipynb"
+    copy_answer = (
+        "import json\n"
+        "cells = json.load(open({path!r}))['cells']\n"
+        "exec(''.join(next(c['source'] for c in cells if c['metadata'].get('nbgrader', {{}}).get('grade_id')"
+        " == 'exclusive_cumprod')).replace('### BEGIN SOLUTION', '').replace('### END SOLUTION', ''))"
+    )
+    outside = [str(folder / "honest" / "planted.txt"), str(REPO / f"planted-{uuid.uuid4().hex}"),
+               f"/var/tmp/planted-{uuid.uuid4().hex}", f"/dev/shm/planted-{uuid.uuid4().hex}"]
+    return {
+        "honest": HONEST_CUMPROD,
+        "kills_parent": HONEST_CUMPROD + (
+            "\nimport os, signal\n"
+            "for pid in (os.getppid(), int(os.environ.get('JPY_PARENT_PID', '0'))):\n"
+            "    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass"),
+        "fork_bomb": (
+            f"import os\nforked = 0\ntry:\n    for _ in range({FORKS}):\n        if os.fork() == 0:\n"
+            f"            os.execv('/bin/sleep', {SLEEPER.split()!r})\n        forked += 1\n"
+            "except OSError:\n    pass\nraise RuntimeError(f'forked {forked}')"),
+        "writes_outside": HONEST_CUMPROD + (
+            f"\nfor path in {outside!r}:\n    try:\n        open(path, 'w').write('mine')\n"
+            "    except OSError:\n        pass"),
+        "reads_master": copy_answer.format(path=str(master)),
+        "reads_neighbour": copy_answer.format(path=str(neighbour)),
+        "prints_200_mb": HONEST_CUMPROD + "\nfor _ in range(200):\n    print('x' * 2**20)\nprint('y' * 2**27)",
+    }, outside
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> dict:
+    """The hostile batch, graded once (2 kernels at a time) by ``text3d-edu grade`` in a process of its own."""
+    root = tmp_path_factory.mktemp("hostile")
+    answers, outside = _hostile_answers(root)
+    paths = {}
+    for name, source in answers.items():
+        nb = model_answer(WARMUP)
+        cell(nb, "exclusive_cumprod").source = source
+        paths[name] = write(nb, root / name / "00_warmup.ipynb")
+    report = root / "grades.json"
+    run = subprocess.run(peak_memory(grade_command(*paths.values(), "--json", report, "--jobs", "2", "--processes",
+                                                   str(PROCESSES), "--timeout", "30")), capture_output=True, text=True)
+    baseline = subprocess.run(peak_memory(grade_command(paths["honest"])), capture_output=True, text=True)
+    graded = json.loads(report.read_text())["submissions"] if report.exists() else []
+    sleepers = subprocess.run(["pgrep", "-f", SLEEPER], capture_output=True, text=True).stdout.split()
+    planted = [path for path in outside if Path(path).exists()]
+    for path in planted:  # the grader failed: leave no trace of the test behind
+        Path(path).unlink()
+    alone = grader.grade_notebooks([paths["honest"]], solutions=SOLUTIONS)[0].as_dict()
+    return {"run": run, "results": dict(zip(paths, graded)), "paths": paths, "sleepers": sleepers,
+            "planted": planted, "alone": alone, "peak_mb": _peak_mb(run), "baseline_peak_mb": _peak_mb(baseline)}
+
+
+def peak_memory(command: list[str]) -> list[str]:
+    """``command`` run by a Python that prints, last, the peak memory (MB) of the largest process it waited for."""
+    wrapper = ("import resource, subprocess, sys; status = subprocess.call(sys.argv[1:]); "
+               "print('peak MB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); sys.exit(status)")
+    return [sys.executable, "-c", wrapper, *command]
+
+
+def _peak_mb(run: subprocess.CompletedProcess) -> int:
+    return int(re.findall(r"^peak MB (\d+)$", run.stdout, re.MULTILINE)[-1])
+
+
+def _questions(entry: dict) -> dict[str, tuple[float, str]]:
+    return {q["grade_id"]: (q["score"], q["message"]) for q in entry["questions"]}
+
+
+confined_only = pytest.mark.skipif(not CONFINED, reason=f"kernels are not confined here ({jail.probe()})")
+
+
+@confined_only
+def test_the_batch_survives_and_the_honest_notebook_scores_as_alone(hostile):
+    run = hostile["run"]
+    assert run.returncode == 0, (run.returncode, run.stdout[-2000:], run.stderr[-2000:])
+    assert list(hostile["results"]) == list(hostile["paths"])  # every notebook graded, none lost
+    honest = hostile["results"]["honest"]
+    assert {**honest, "notebook": ""} == {**hostile["alone"], "notebook": ""}
+    assert (honest["score"], honest["errors"]) == (3, [])
+    assert run.stdout.startswith("sandbox: own session, memory limit, unprivileged user, process limit, private "
+                                 "file system, private process table, no network\n")
+    assert honest["sandbox"] == jail.probe().as_dict()
+
+
+@confined_only
+def test_killing_the_parent_kills_nothing(hostile):
+    assert hostile["results"]["kills_parent"]["score"] == 3  # the honest part of the answer
+
+
+@confined_only
+def test_a_fork_bomb_stops_at_the_process_limit_and_dies_with_its_kernel(hostile):
+    bomb = _questions(hostile["results"]["fork_bomb"])
+    forked = int(re.search(r"RuntimeError: forked (\d+)", bomb["exclusive_cumprod_test"][1]).group(1))
+    assert 0 < forked < PROCESSES, forked
+    assert bomb["softplus_test"] == (1, "")  # the kernel still grades the next question
+    assert hostile["sleepers"] == [], "the forked processes outlived their kernel"
+
+
+@confined_only
+def test_nothing_is_written_outside_the_kernels_folder(hostile):
+    assert hostile["planted"] == []
+    assert hostile["results"]["writes_outside"]["score"] == 3
+    assert sorted(p.name for p in hostile["paths"]["honest"].parent.iterdir()) == ["00_warmup.ipynb"]
+
+
+@confined_only
+@pytest.mark.parametrize("name", ["reads_master", "reads_neighbour"])
+def test_the_masters_and_other_submissions_cannot_be_read(name, hostile):
+    copied = _questions(hostile["results"][name])
+    score, message = copied["exclusive_cumprod_test"]  # a hidden folder, or this test's under the private /tmp
+    assert score == 0 and re.search(r"solution cell 'exclusive_cumprod': (PermissionError|FileNotFoundError)", message)
+    assert copied["softplus_test"] == (1, "")
+
+
+@confined_only
+def test_200_mb_of_output_is_dropped_unread(hostile):
+    assert hostile["results"]["prints_200_mb"]["score"] == 3
+    assert hostile["peak_mb"] < hostile["baseline_peak_mb"] + 100, (hostile["peak_mb"], hostile["baseline_peak_mb"])
+    print(f"peak memory of the grader: {hostile['peak_mb']} MB, grading the honest notebook alone "
+          f"{hostile['baseline_peak_mb']} MB")
+
+
+def test_without_root_the_grader_says_which_protections_are_missing(tmp_path, monkeypatch, capsys):
+    from text3d_edu.cli import main
+
+    monkeypatch.setattr(jail.os, "geteuid", lambda: 1000)  # as a student's own laptop would
+    path = write(model_answer(WARMUP), tmp_path / "00_warmup.ipynb")
+    assert main(["grade", str(path), "--solutions", str(SOLUTIONS), "--json", str(tmp_path / "grades.json")]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line.startswith("sandbox: own session, memory limit; MISSING: unprivileged user, process limit, "
+                                 "private file system, private process table, no network: the grader does not run "
+                                 "as root")
+    [entry] = json.loads((tmp_path / "grades.json").read_text())["submissions"]
+    assert entry["score"] == 3 and entry["sandbox"]["active"] == ["own session", "memory limit"]
+    assert "the grader does not run as root" in entry["sandbox"]["missing"][0]

@@ -75,7 +75,7 @@ def _grade(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from text3d_edu.grading import grader, junit, progress, report
-    from text3d_edu.grading.sandbox import Limits
+    from text3d_edu.grading.sandbox import Confinement, Limits
 
     pass_mark = grader.PassMark.parse(args.min_score) if args.min_score is not None else None
     reports = [Path(path) for path in (args.json, args.csv, args.junit) if path]
@@ -86,9 +86,12 @@ def _grade(args: argparse.Namespace) -> int:
         raise ValueError("--resume reads the progress log: pass --progress FILE, or the --json/--csv/--junit "
                          "report of the interrupted run (its log is REPORT.jsonl)")
     limits = Limits(cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout,
-                    memory_mb=args.memory_mb)
+                    memory_mb=args.memory_mb, processes=args.processes)
     solutions = Path(args.solutions) if args.solutions else grader.default_solutions_dir()
     log = progress.ProgressLog(log_path, progress.masters_fingerprint(solutions), args.resume) if log_path else None
+    confinement = Confinement.for_batch(solutions, [Path(path) for path in args.notebooks],
+                                        [Path(log_path)] if log_path else [])
+    print(confinement.protections, flush=True)
     reused = {path: result for path in args.notebooks if log and (result := log.reusable(path))}
     if reused:
         print(f"{len(reused)} of {len(args.notebooks)} notebooks already graded in {log_path} (same file, same "
@@ -101,7 +104,8 @@ def _grade(args: argparse.Namespace) -> int:
 
     try:
         fresh = grader.grade_notebooks([path for path in args.notebooks if path not in reused],
-                                       solutions=solutions, limits=limits, jobs=args.jobs, on_result=on_result)
+                                       solutions=solutions, limits=limits, jobs=args.jobs, on_result=on_result,
+                                       confinement=confinement)
     finally:
         if log:
             log.close()
@@ -457,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebook-timeout", type=float, default=900, help="seconds per notebook")
     p.add_argument("--memory-mb", type=int, default=4096,
                    help="heap limit per notebook (Linux); importing torch alone needs ~1000")
+    p.add_argument("--processes", type=int, default=256,
+                   help="processes and threads per notebook (a grader running as root on Linux); torch uses ~12")
     p.add_argument("--junit", help="write a JUnit XML report (a suite per notebook, a test per question) for CI")
     p.add_argument("--min-score", metavar="X",
                    help="the pass mark: points (5) or a share of each notebook's maximum (60%%); sets the exit status")

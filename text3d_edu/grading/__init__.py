@@ -4,9 +4,12 @@ Read in this order:
 
 * ``exercises`` — the master's nbgrader metadata and regions, and the student copy made from it
   (``text3d-edu make-exercises``);
-* ``sandbox`` — running untrusted cells: private folder, time and memory limits, restart after a crash;
+* ``jail`` — what confines a kernel: its own user, namespaces, process and memory limits (``probe`` says
+  which this machine allows);
+* ``sandbox`` — running untrusted cells in jailed kernels: private folder, time limits, restart after a crash;
 * ``grader`` — a submission against its master: which cells run, how each question scores
   (``text3d-edu grade``);
+* ``progress`` — each result on disk as soon as it is graded, and ``--resume``;
 * ``report`` — the student's feedback, the ``--json`` file, the ``--csv`` gradebook and the ``--summary`` table;
 * ``junit`` — the ``--junit`` report for CI systems.
 """

@@ -37,7 +37,7 @@ from text3d_edu.grading.exercises import (
     nbgrader,
     student_source,
 )
-from text3d_edu.grading.sandbox import CellOutcome, Limits, run_cells
+from text3d_edu.grading.sandbox import CellOutcome, Confinement, Limits, run_cells
 
 
 @dataclass
@@ -57,6 +57,7 @@ class SubmissionResult:
     errors: list[str] = field(default_factory=list)  # what went wrong around the questions
     graded: bool = True  # False: nothing could be graded (unreadable file, no master, no kernel)
     grader_failed: bool = False  # True: the grader's fault (no kernel), not the submission's: exit status 2
+    sandbox: dict = field(default_factory=dict)  # the kernel's protections: jail.Protections.as_dict()
 
     @property
     def score(self) -> float:
@@ -74,6 +75,7 @@ class SubmissionResult:
             "max_score": self.max_score,
             "errors": self.errors,
             "questions": [asdict(q) for q in self.questions],
+            "sandbox": self.sandbox,
         }
 
     def as_record(self) -> dict:
@@ -238,7 +240,7 @@ def describe(outcome: CellOutcome) -> str:
         return f"{outcome.ename}: {outcome.evalue}" if outcome.evalue else outcome.ename
     return {
         "timeout": f"timed out after {outcome.evalue}",
-        "crash": "the kernel died (a crash, os._exit, or memory outside the heap limit)",
+        "crash": outcome.evalue or "the kernel died (a crash, os._exit, or memory outside the heap limit)",
         "not run": f"not run: the notebook's time limit ({outcome.evalue}) was reached",
     }[outcome.status]
 
@@ -263,7 +265,7 @@ def score(master, cells: list, outcomes: list[CellOutcome]) -> list[QuestionResu
 # --- one submission, many submissions ---------------------------------------------------------------------
 
 
-async def grade_submission(path: Path, masters: dict, limits: Limits) -> SubmissionResult:
+async def grade_submission(path: Path, masters: dict, limits: Limits, confinement: Confinement) -> SubmissionResult:
     """Grade one notebook; whatever goes wrong is reported in its result, never raised: the file is untrusted,
     and one bad notebook must cost only its own entry in a batch."""
     exercise = None
@@ -274,7 +276,7 @@ async def grade_submission(path: Path, masters: dict, limits: Limits) -> Submiss
     except Exception as err:
         return _not_graded(path, exercise, err)
     try:
-        outcomes = await run_cells([source for _, source in cells], Path(path), limits)
+        outcomes = await run_cells([source for _, source in cells], Path(path), limits, confinement)
     except Exception as err:  # no kernel: nothing ran, and not the student's doing
         return _not_graded(path, exercise, err, grader_failed=True)
     try:
@@ -282,7 +284,8 @@ async def grade_submission(path: Path, masters: dict, limits: Limits) -> Submiss
             if outcome.kernel_lost:
                 where = f"cell '{cell_id}'" if cell_id else f"code cell {index + 1}"
                 notes.append(f"{where}: {describe(outcome)}; a new kernel re-ran the cells before it")
-        return SubmissionResult(str(path), exercise, score(masters[exercise], cells, outcomes), notes)
+        return SubmissionResult(str(path), exercise, score(masters[exercise], cells, outcomes), notes,
+                                sandbox=confinement.protections.as_dict())
     except Exception as err:
         return _not_graded(path, exercise, err)
 
@@ -300,19 +303,24 @@ def grade_notebooks(
     limits: Limits | None = None,
     jobs: int = 1,
     on_result: Callable[[SubmissionResult], None] | None = None,
+    confinement: Confinement | None = None,
 ) -> list[SubmissionResult]:
     """Grade ``paths`` (``jobs`` kernels at a time); results in the order given. ``on_result`` sees each
-    result as soon as it is ready (to print progress)."""
+    result as soon as it is ready (to print progress). The kernels run confined as this machine allows, and see
+    neither the masters nor any submission of the batch (``Confinement.for_batch``)."""
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
-    masters = load_masters(solutions or default_solutions_dir())
+    solutions = Path(solutions or default_solutions_dir())
+    masters = load_masters(solutions)
+    paths = list(paths)
+    confinement = confinement or Confinement.for_batch(solutions, [Path(path) for path in paths])
 
     async def grade_all() -> list[SubmissionResult]:
         gate = asyncio.Semaphore(jobs)
 
         async def one(path: Path) -> SubmissionResult:
             async with gate:
-                result = await grade_submission(Path(path), masters, limits or Limits())
+                result = await grade_submission(Path(path), masters, limits or Limits(), confinement)
             if on_result:
                 on_result(result)
             return result
