@@ -24,7 +24,7 @@ import nbformat
 import pytest
 from test_grading import FIXTURES, REPO, WARMUP, cell, model_answer, write
 
-from text3d_edu.grading import grader, jail
+from text3d_edu.grading import exercises, grader, jail
 
 SOLUTIONS = FIXTURES / "solutions"
 CONFINED = jail.probe().confined
@@ -263,3 +263,31 @@ def test_without_root_the_grader_says_which_protections_are_missing(tmp_path, mo
     [entry] = json.loads((tmp_path / "grades.json").read_text())["submissions"]
     assert entry["score"] == 3 and entry["sandbox"]["active"] == ["own session", "memory limit"]
     assert "the grader does not run as root" in entry["sandbox"]["missing"][0]
+
+
+# --- tests out of reach: not yet (THREAT_MODEL.md) --------------------------------------------------------------
+
+CHEATS = {  # an unanswered copy plus one cheating answer cell; an honest grader gives each 0 points
+    "rewrites_later_cells": "get_ipython().input_transformers_cleanup.append(lambda lines: ['pass\\n'])",
+    "patches_numpy": (
+        "np.allclose = np.isclose = lambda *args, **kwargs: True\n"
+        "exclusive_cumprod = softplus = lambda x, beta=1.0: np.zeros_like(x)"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def cheats(tmp_path_factory) -> dict[str, grader.SubmissionResult]:
+    root = tmp_path_factory.mktemp("cheats")
+    paths = {}
+    for name, source in CHEATS.items():
+        blank = exercises.student_copy(nbformat.read(WARMUP, as_version=4), "00_warmup")
+        cell(blank, "exclusive_cumprod").source = source
+        paths[name] = write(blank, root / name / "00_warmup.ipynb")
+    return dict(zip(paths, grader.grade_notebooks(paths.values(), solutions=SOLUTIONS)))
+
+
+@pytest.mark.xfail(strict=True, reason="the hidden tests still run in the student's kernel (THREAT_MODEL.md)")
+@pytest.mark.parametrize("name", list(CHEATS))
+def test_a_cheating_answer_cell_earns_nothing(name, cheats):
+    assert cheats[name].score == 0, [(q.grade_id, q.score) for q in cheats[name].questions]
