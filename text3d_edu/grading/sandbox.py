@@ -4,7 +4,9 @@ Each notebook gets a fresh Jupyter kernel, started through ``jail.py``'s warden:
 the kernel is an unprivileged user of its own in private namespaces, with process and memory limits, and cannot
 signal the grader, read the masters or other submissions, or write outside its folder (``jail.py`` says how and
 what it leaves open); elsewhere it still has its own session and a memory limit, and every result says which
-protections were missing. On top of that, this module contains what broken student code does:
+protections were missing. What the jail does not do: the master's tests run in this same kernel, after the
+student's cells, so an answer cell can still rewrite or fake them (``THREAT_MODEL.md``). On top of the jail, this
+module contains what broken student code does:
 
 * **files** — the kernel starts in a temporary folder of its own (``work/``, also its ``HOME``) holding a copy of
   the notebook; relative paths (``os.remove("data.npz")``) land there, never next to the student's file;
@@ -19,7 +21,7 @@ protections were missing. On top of that, this module contains what broken stude
   error's message is cut to ``MESSAGE_CHARS``.
 
 Built on nbclient's ``NotebookClient`` (kernel start, execution, interrupt-on-timeout, dead-kernel detection);
-this module adds the limits, the restart-and-replay and the temporary folder.
+this module adds the jailed start, a client the kernel cannot flood, the restart-and-replay and the folder.
 """
 
 from __future__ import annotations
