@@ -114,9 +114,11 @@ def probe() -> Protections:
 def kernel_environment(home: str) -> dict[str, str]:
     """The environment a kernel gets: where Python and the course are, thread settings, and a home of its own;
     not the grader's (a CI token in it would be the student's to print)."""
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"}  # several kernels at once must not spin-wait on each other's cores
+    if os.name != "posix":  # no jail: Windows' Python needs variables this list does not know
+        return {**os.environ, **passive}
     env = {k: v for k, v in os.environ.items() if k in _ENVIRONMENT or k.startswith(_ENVIRONMENT_PREFIXES)}
-    return {**env, "HOME": home, "TMPDIR": "/tmp", "USER": "student", "LOGNAME": "student",
-            "OMP_WAIT_POLICY": "PASSIVE"}  # several kernels at once must not spin-wait on each other's cores
+    return {**env, "HOME": home, "TMPDIR": "/tmp", "USER": "student", "LOGNAME": "student", **passive}
 
 
 @contextlib.contextmanager
@@ -161,7 +163,9 @@ class JailSpec:
     grader: int = field(default_factory=os.getpid)  # the warden's parent: it must not outlive it
 
     def command(self, kernel_command: list[str]) -> list[str]:
-        """The kernel's command line, through the warden."""
+        """The kernel's command line, through the warden (on POSIX systems; elsewhere as it is)."""
+        if os.name != "posix":
+            return kernel_command
         spec = json.dumps(self.__dict__ | {"needed": self.needed or needed_paths()})
         return [sys.executable, "-I", str(Path(__file__).resolve()), spec, "--", *kernel_command]
 
@@ -281,8 +285,9 @@ def _become_the_kernel(spec: dict, command: list[str], warden_alive: int) -> Non
         os.setgid(spec["uid"])
         os.setuid(spec["uid"])  # from here on, nothing root could do is left to do
         _libc_call("prctl", _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # nor can a set-uid program (su, …) give it back
-    resource.setrlimit(resource.RLIMIT_DATA, (spec["memory_bytes"], spec["memory_bytes"]))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform == "linux":  # macOS refuses or ignores these limits
+        resource.setrlimit(resource.RLIMIT_DATA, (spec["memory_bytes"], spec["memory_bytes"]))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _die_with_parent()  # again: a change of credentials clears it
     if select.select([warden_alive], [], [], 0)[0]:  # the warden died before the line above: no orphan kernel
         os._exit(70)
