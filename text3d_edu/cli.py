@@ -188,6 +188,19 @@ def _cmd_train_pointe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_judge(args: argparse.Namespace) -> int:
+    from text3d_edu.cnn_judge import train_cnn_judge
+
+    stats = _train(args, "train-judge", train_cnn_judge, ["steps", "objects", "seed", "threads", "workers"],
+                   steps=args.steps, n_objects=args.objects)
+    if stats is None:
+        return 1
+    print(f"trained in {sum(stats['minutes'].values()):.1f} min; held-out kind {stats['heldout_kind_acc']:.1%}, "
+          f"colour {stats['heldout_colour_acc']:.1%}; weights and cnn_judge.json written to "
+          f"{args.weights_dir or 'text3d_edu/weights'}")
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -508,6 +521,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.set_defaults(func=_cmd_train_pointe)
+
+    p = sub.add_parser("train-judge", help="train the second judge, a CNN that names kind and colour of 32×32 "
+                       "renders (no object for blobs), on ground-truth Pocket World renders")
+    p.add_argument("--out", default="runs/cnn_judge", help="checkpoints and the cached renders")
+    p.add_argument("--weights-dir", default=None, help="where the safetensors go (default: the package's)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (8 renders each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.set_defaults(func=_cmd_train_judge)
 
     p = sub.add_parser("sample", help="sample images from a diffusion prior into a PNG grid")
     p.add_argument("prompt", help='e.g. "a red mug" or "a red mug, back view"')
