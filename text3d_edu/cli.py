@@ -74,7 +74,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from text3d_edu.grading import grader, junit, progress, report
+    from text3d_edu.grading import cluster, grader, junit, progress, report
     from text3d_edu.grading.sandbox import Confinement, Limits
 
     pass_mark = grader.PassMark.parse(args.min_score) if args.min_score is not None else None
@@ -89,9 +89,13 @@ def _grade(args: argparse.Namespace) -> int:
                     memory_mb=args.memory_mb, processes=args.processes)
     solutions = Path(args.solutions) if args.solutions else grader.default_solutions_dir()
     log = progress.ProgressLog(log_path, progress.masters_fingerprint(solutions), args.resume) if log_path else None
-    confinement = Confinement.for_batch(solutions, [Path(path) for path in args.notebooks],
-                                        [Path(log_path)] if log_path else [])
-    print(confinement.protections, flush=True)
+    if args.scheduler:
+        print(f"grading on the Dask cluster at {args.scheduler}: each worker confines its kernels as its own "
+              "machine allows (see each result's sandbox)", flush=True)
+    else:
+        confinement = Confinement.for_batch(solutions, [Path(path) for path in args.notebooks],
+                                            [Path(log_path)] if log_path else [])
+        print(confinement.protections, flush=True)
     reused = {path: result for path in args.notebooks if log and (result := log.reusable(path))}
     if reused:
         print(f"{len(reused)} of {len(args.notebooks)} notebooks already graded in {log_path} (same file, same "
@@ -103,9 +107,13 @@ def _grade(args: argparse.Namespace) -> int:
         print(report.feedback(result), flush=True)
 
     try:
-        fresh = grader.grade_notebooks([path for path in args.notebooks if path not in reused],
-                                       solutions=solutions, limits=limits, jobs=args.jobs, on_result=on_result,
-                                       confinement=confinement)
+        to_grade = [path for path in args.notebooks if path not in reused]
+        if args.scheduler:
+            fresh = cluster.grade_on_cluster(to_grade, args.scheduler, solutions, limits, on_result=on_result,
+                                             files_to_hide=[Path(log_path)] if log_path else [])
+        else:
+            fresh = grader.grade_notebooks(to_grade, solutions=solutions, limits=limits, jobs=args.jobs,
+                                           on_result=on_result, confinement=confinement)
     finally:
         if log:
             log.close()
@@ -470,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="keep the progress log and skip the notebooks it already holds (same file, same masters)")
     p.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (one kernel each)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="grade on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786), one task "
+                        "per notebook, instead of --jobs kernels here; needs pip install \"text3d-edu[cluster]\"")
     p.add_argument("--timeout", type=float, default=120, help="seconds per cell")
     p.add_argument("--notebook-timeout", type=float, default=900, help="seconds per notebook")
     p.add_argument("--memory-mb", type=int, default=4096,

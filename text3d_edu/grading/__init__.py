@@ -10,6 +10,7 @@ Read in this order:
 * ``grader`` — a submission against its master: which cells run, how each question scores
   (``text3d-edu grade``);
 * ``progress`` — each result on disk as soon as it is graded, and ``--resume``;
+* ``cluster`` — the same grading fanned out over a Dask cluster (``--scheduler``);
 * ``report`` — the student's feedback, the ``--json`` file, the ``--csv`` gradebook and the ``--summary`` table;
 * ``junit`` — the ``--junit`` report for CI systems.
 """

@@ -274,11 +274,11 @@ async def grade_submission(path: Path, masters: dict, limits: Limits, confinemen
         exercise = find_master(Path(path), submission, masters)
         cells, notes = assemble(masters[exercise], submission)
     except Exception as err:
-        return _not_graded(path, exercise, err)
+        return not_graded(path, exercise, err)
     try:
         outcomes = await run_cells([source for _, source in cells], Path(path), limits, confinement)
     except Exception as err:  # no kernel: nothing ran, and not the student's doing
-        return _not_graded(path, exercise, err, grader_failed=True)
+        return not_graded(path, exercise, err, grader_failed=True)
     try:
         for index, ((cell_id, _), outcome) in enumerate(zip(cells, outcomes)):
             if outcome.kernel_lost:
@@ -287,10 +287,10 @@ async def grade_submission(path: Path, masters: dict, limits: Limits, confinemen
         return SubmissionResult(str(path), exercise, score(masters[exercise], cells, outcomes), notes,
                                 sandbox=confinement.protections.as_dict())
     except Exception as err:
-        return _not_graded(path, exercise, err)
+        return not_graded(path, exercise, err)
 
 
-def _not_graded(path: Path, exercise: str | None, err: Exception, grader_failed: bool = False) -> SubmissionResult:
+def not_graded(path: Path, exercise: str | None, err: Exception, grader_failed: bool = False) -> SubmissionResult:
     """The entry of a notebook that could not be graded; our own ``ValueError`` messages already say why."""
     reason = str(err) if type(err) is ValueError else f"{type(err).__name__}: {err}"
     return SubmissionResult(str(path), exercise, errors=[f"could not be graded: {reason}"], graded=False,
