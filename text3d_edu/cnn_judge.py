@@ -154,17 +154,13 @@ def validate(model: CNNJudge, seed: int = 0, n_objects: int = 260, views_per_obj
     """The figures of the model card: kind and colour accuracy on renders of held-out objects (other seeds, other
     cameras than training), the share of held-out blobs judged "no object", and the verdict on the grey blob
     ``generate`` starts every SDS run from, volume-rendered from the judge's 8 cameras (a shape never trained on)."""
-    from text3d_edu.fields import GridField
-    from text3d_edu.generate import GenerateConfig, judge_cameras, render_views
+    from text3d_edu.generate import GenerateConfig, judge_cameras, render_views, start_blob
 
     data = judge_dataset(n_objects, views_per_object, seed, held_out=True, cache_dir=cache_dir)
     kind_logits, colour_logits = model(data["images"].float() / 255)
     is_object = data["kind"] != KIND_NAMES.index(NO_OBJECT)
     kind_right = kind_logits.argmax(-1) == data["kind"]
-    config = GenerateConfig()
-    start = GridField(config.grid_resolution, init="blob", blob_radius=config.blob_radius,
-                      blob_density=config.blob_density)
-    start_logits, _ = model(render_views(start, judge_cameras(RESOLUTION)))
+    start_logits, _ = model(render_views(start_blob(GenerateConfig()), judge_cameras(RESOLUTION)))
     probabilities = start_logits.softmax(-1)
     return {
         "heldout_kind_acc": round(kind_right[is_object].float().mean().item(), 4),
@@ -234,17 +230,11 @@ def train_cnn_judge(out_dir: str | Path = "runs/cnn_judge", weights_dir: str | P
 
 def load_cnn_judge(weights_dir: str | Path | None = None) -> CNNJudge:
     """The shipped (or ``weights_dir``'s) judge, in eval mode, frozen."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     from text3d_edu.priors.pocket_clip import WEIGHTS_DIR
+    from text3d_edu.priors.train import load_weights
 
     path = Path(weights_dir or WEIGHTS_DIR) / WEIGHTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no CNN judge weights at {path}: train them with `text3d-edu train-judge` "
                                 f"(--weights-dir {path.parent})")
-    with safe_open(str(path), "pt") as f:
-        config = json.loads(f.metadata()["config"])
-    model = CNNJudge(**config)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    return model.eval().requires_grad_(False)
+    return load_weights(path, lambda config: CNNJudge(**config)).eval().requires_grad_(False)

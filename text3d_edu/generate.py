@@ -211,7 +211,7 @@ def regularisers(field_: GridField, opacity: torch.Tensor, config: GenerateConfi
     return loss
 
 
-def _blob(config: GenerateConfig) -> GridField:
+def start_blob(config: GenerateConfig) -> GridField:
     """The starting field: a blob σ = blob_density · exp(−r² / 2ρ²) on a ``grid_resolution``³ grid."""
     return GridField(config.grid_resolution, init="blob", blob_radius=config.blob_radius,
                      blob_density=config.blob_density)
@@ -276,7 +276,7 @@ def generate(prompt: str, out_dir: str | Path | None = None, config: GenerateCon
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    field_ = _blob(config)
+    field_ = start_blob(config)
     optimiser = torch.optim.Adam(field_.parameters(), lr=config.lr)
     guidance = _Guidance(prompt, config, prior, clip)
     truths, initial = _start(field_, prompt, clip, config)
@@ -374,7 +374,7 @@ def _generate_vsd(prompt: str, out: Path | None, config: GenerateConfig, prior, 
     torch.manual_seed(config.seed)  # ε_φ's LoRA matrices A are drawn from the global generator
     generator = torch.Generator().manual_seed(config.seed)
     # n identical blobs: the particles part ways through their own cameras, t and ε, and ε_φ pushes them apart
-    particles = [_blob(config) for _ in range(n)]
+    particles = [start_blob(config) for _ in range(n)]
     optimiser = torch.optim.Adam([p for particle in particles for p in particle.parameters()], lr=config.lr)
     guidance = _Guidance(prompt, config, prior, clip)
     eps_phi = guidance.eps_phi

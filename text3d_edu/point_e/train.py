@@ -21,7 +21,7 @@ import torch
 
 from text3d_edu.point_e.diffusion import make_scheduler, training_loss
 from text3d_edu.point_e.model import DenoiserConfig, PointDenoiser
-from text3d_edu.priors.train import save_weights, training_loop
+from text3d_edu.priors.train import load_weights, save_weights, training_loop
 
 WEIGHTS = {"base": "point_e_base.safetensors", "upsampler": "point_e_upsampler.safetensors"}
 PHASE_IDS = {"base": 10, "upsampler": 11}  # the training generators' phase numbers, apart from the priors' 0 and 1
@@ -80,16 +80,10 @@ def save_denoiser(model: PointDenoiser, path: str | Path) -> None:
 
 def load_denoiser(path: str | Path) -> PointDenoiser:
     """A denoiser saved by ``save_denoiser`` (float32, eval mode); a clear error when the file is missing."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no Point-E weights at {path}: train them with `text3d-edu train-pointe`")
-    with safe_open(str(path), "pt") as f:
-        config = DenoiserConfig(**json.loads(f.metadata()["config"]))
-    model = PointDenoiser(config)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    model = load_weights(path, lambda config: PointDenoiser(DenoiserConfig(**config)))
     return model.eval().requires_grad_(False)
 
 

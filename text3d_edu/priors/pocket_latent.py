@@ -32,7 +32,6 @@ and what they measure are in ``text3d_edu/weights/POCKET_LDM_MODEL_CARD.md``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -166,18 +165,14 @@ class PocketLatentDiffusion(PocketTextConditioned):
 
 
 def _load(build, path: Path, what: str):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from text3d_edu.priors.train import load_weights
 
     if not path.exists():
         raise FileNotFoundError(f"no pocket LDM {what} weights at {path}: train them with `{TRAIN_COMMAND}` "
                                 f"(see text3d_edu/weights/POCKET_LDM_MODEL_CARD.md), or pass weights_dir= a folder "
                                 f"that holds {path.name}")
-    with safe_open(str(path), "pt") as f:
-        config = json.loads(f.metadata()["config"])
-    model = build({k: v for k, v in config.items() if not k.startswith("_")})  # not diffusers' bookkeeping keys
-    model.load_state_dict({k: v.float() for k, v in load_file(path).items()})
-    return model
+    # diffusers' bookkeeping keys ("_class_name", …) are not arguments of the model
+    return load_weights(path, lambda config: build({k: v for k, v in config.items() if not k.startswith("_")}))
 
 
 def load_vae(weights_dir: str | Path | None = None):

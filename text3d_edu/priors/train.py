@@ -56,6 +56,19 @@ def save_weights(module: torch.nn.Module, path: Path, config: dict) -> None:
     save_file(state, str(path), metadata={"config": json.dumps(config)})
 
 
+def load_weights(path: Path, build):
+    """The module ``save_weights`` wrote: ``build(config)`` with the config from the file's metadata, its weights
+    loaded back in float32."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        config = json.loads(f.metadata()["config"])
+    model = build(config)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return model
+
+
 def training_loop(phase: str, phase_id: int, accelerator, model, optimizer, lr_scheduler, steps: int, loss_fn,
           out: Path, seed: int, resume: bool, checkpoint_every: int, ema=None, after_step=None) -> dict:
     """The shared training loop: loss_fn(generator) → scalar loss; returns {"loss": last smoothed loss}."""
