@@ -10,6 +10,7 @@ import trimesh
 
 from text3d_edu.dmtet import (
     DMTet,
+    density_to_sdf,
     interpolate_edge,
     marching_tetrahedra,
     signed_volumes,
@@ -193,3 +194,22 @@ def test_bad_input_raises_with_the_fix():
         model.init_from_field(GridField(resolution=8, init="blob"), threshold=1e3)
     with pytest.raises(ValueError, match="use 'auto' or a number"):
         model.init_from_field(GridField(resolution=8, init="blob"), threshold="mean")
+
+
+def test_the_hand_over_surface_sits_where_the_fields_own_density_crosses_tau():
+    # a GridField interpolates ln σ trilinearly; here ln σ = 6x (σ from e⁻⁶ to e⁶ ≈ 400 across the cube, as steep
+    # as an SDS field's surface), so σ = τ = e³ on the plane x = ½, halfway between two grid vertices (R = 6)
+    field = GridField(resolution=16)
+    axis = torch.linspace(-1, 1, 16)
+    with torch.no_grad():
+        field.log_sigma.copy_((6 * axis)[:, None, None].expand(16, 16, 16)[None, None])
+    model = DMTet(resolution=6, colour_resolution=4)
+    tau = model.init_from_field(field, threshold=math.exp(3.0))
+    vertices, _ = model()
+    assert (vertices[:, 0] - 0.5).abs().max() < 1e-3  # float32 round-off
+    # s = τ − σ (density units) puts the plane a quarter of a cell outwards, at x ≈ 0.42
+    sigma = field(model.grid_positions, torch.zeros_like(model.grid_positions))[0]
+    linear, _ = marching_tetrahedra(model.grid_positions, tau - sigma, model.tets)
+    assert (linear[:, 0] - 0.5).abs().min() > 0.05
+    assert density_to_sdf(torch.tensor([0.0, 20.0, 400.0]), 20.0).tolist() == pytest.approx(
+        [math.log(20.0) - math.log(1e-6), 0.0, math.log(20.0) - math.log(400.0)])

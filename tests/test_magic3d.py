@@ -13,10 +13,19 @@ import trimesh
 
 from text3d_edu.dmtet import DMTet
 from text3d_edu.generate import GenerateConfig, judge_cameras
-from text3d_edu.magic3d import Magic3DConfig, fine_loss, generate_magic3d, mesh_views, normal_consistency
+from text3d_edu.magic3d import (
+    Magic3DConfig,
+    fine_loss,
+    generate_magic3d,
+    mesh_views,
+    normal_consistency,
+    surface_colours,
+    vertex_normals,
+)
 from text3d_edu.priors import PromptCache, pocket_latent
 from text3d_edu.priors.pocket_clip import load_clip_model
 from text3d_edu.results import load_result
+from text3d_edu.world_render import AMBIENT, FILL_LIGHT, KEY_LIGHT, lighting
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +147,21 @@ def test_the_hand_over_keeps_a_thin_part_that_a_fixed_threshold_cuts_off():
     dmtet.init_from_field(field, 10.0)
     vertices, _ = dmtet()
     assert not (vertices[:, 1] < -0.1).any()  # τ = 10 keeps the ball only
+
+
+def test_the_fine_stage_shades_its_mesh_as_the_pocket_world_lights_its_objects():
+    dmtet = DMTet(24, 4).init_from_sdf(lambda p: p.norm(dim=-1) - 0.6)
+    with torch.no_grad():
+        vertices, faces = dmtet()
+        normals = vertex_normals(vertices, faces)
+        albedo = dmtet.colour(vertices)
+        shaded = surface_colours(dmtet, vertices, faces)
+    outward = vertices / vertices.norm(dim=-1, keepdim=True)
+    assert (normals * outward).sum(-1).min() > 0.98  # a sphere's vertex normals point away from its centre
+    assert torch.allclose(shaded, albedo * lighting(outward)[:, None], atol=0.03)
+    assert torch.equal(surface_colours(dmtet, vertices, faces, shaded=False).detach(), albedo)
+    # lit from the key light's side, dark (ambient only) where neither light reaches
+    key_side = (outward @ KEY_LIGHT).argmax()
+    dark = ((outward @ KEY_LIGHT < 0) & (outward @ FILL_LIGHT < 0)).nonzero()[0, 0]
+    assert (shaded[key_side] / albedo[key_side]).mean() > 0.85
+    assert (shaded[dark] / albedo[dark]).mean().item() == pytest.approx(AMBIENT, abs=0.03)

@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None,
                    help="optimisation steps (default 500; magic3d: the fine stage's, default 200)")
-    p.add_argument("--coarse-steps", type=int, default=None, help="magic3d: the coarse SDS stage's steps (300)")
+    p.add_argument("--coarse-steps", type=int, default=None, help="magic3d: the coarse SDS stage's steps (600)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight ω (default: the backend's; SDS 30 pocket, 100 "
                         "stable-diffusion; VSD 7.5 pocket, 6.5 stable-diffusion; magic3d: the fine stage's, 30; "

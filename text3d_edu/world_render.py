@@ -34,10 +34,15 @@ def _normals(obj: PocketObject, points: Tensor, eps: float = 1e-3) -> Tensor:
 def shade(obj: PocketObject, points: Tensor, albedo: Tensor | None = None) -> Tensor:
     """Lambertian shading of surface points (N, 3) → RGB (N, 3), lit by two world-space lights; ``albedo`` (N, 3)
     when the caller already has it (``obj.albedo(points)`` otherwise)."""
-    n = _normals(obj, points)
-    light = AMBIENT + KEY * (n @ KEY_LIGHT).clamp_min(0) + FILL * (n @ FILL_LIGHT).clamp_min(0)
     albedo = obj.albedo(points) if albedo is None else albedo
-    return (albedo * light[:, None]).clamp(0, 1)
+    return (albedo * lighting(_normals(obj, points))[:, None]).clamp(0, 1)
+
+
+def lighting(normals: Tensor) -> Tensor:
+    """The Pocket World's light falling on unit normals (N, 3) → (N,): ambient plus the key and fill lights'
+    Lambertian terms max(0, n · ℓ). Every render of the world (and so every image the pocket priors learnt from)
+    is lit this way; multiply an albedo by it to shade a surface as the world does."""
+    return AMBIENT + KEY * (normals @ KEY_LIGHT).clamp_min(0) + FILL * (normals @ FILL_LIGHT).clamp_min(0)
 
 
 def sphere_trace(obj: PocketObject, origins: Tensor, directions: Tensor, max_steps: int = 64,
