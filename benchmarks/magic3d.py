@@ -12,7 +12,7 @@ worse than stage 1 by more than one view (1/8) in kind or colour; every mesh wat
 
     python benchmarks/magic3d.py [--out outputs/bench_magic3d] [--threads 1] [--prompts P ...]
                                  [--latent-weights-dir DIR] [--fine-steps N] [--coarse-steps N] [--guidance W]
-                                 [--dmtet-resolution R] [--reuse-coarse DIR]
+                                 [--dmtet-resolution R] [--normal-consistency W] [--reuse-coarse DIR]
     python benchmarks/magic3d.py --merge RUN1.jsonl RUN2.jsonl ...
 
 ``--reuse-coarse DIR`` copies stage 1's result of an earlier run with the same stage-1 settings (DIR/<prompt>/coarse,
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--coarse-steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None, help="the fine stage's ω")
     parser.add_argument("--dmtet-resolution", type=int, default=None)
+    parser.add_argument("--normal-consistency", type=float, default=None, help="the fine stage's weight on it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse-coarse", default=None, help="a folder of earlier results whose coarse/ to reuse")
     parser.add_argument("--merge", nargs="+", default=None, help="JSON-lines outputs of runs to summarise together")
@@ -70,11 +71,14 @@ def main() -> None:
     coarse = GenerateConfig(method="sds", seed=args.seed, steps=args.coarse_steps or defaults.coarse.steps)
     config = Magic3DConfig(coarse=coarse, seed=args.seed, steps=args.fine_steps or defaults.steps,
                            dmtet_resolution=args.dmtet_resolution or defaults.dmtet_resolution,
+                           normal_consistency_weight=(defaults.normal_consistency_weight
+                                                      if args.normal_consistency is None else args.normal_consistency),
                            sds=SDSConfig(guidance=args.guidance) if args.guidance is not None else defaults.sds)
 
     rows = []
     settings = {"coarse_steps": config.coarse.steps, "fine_steps": config.steps, "guidance": config.sds.guidance,
-                "dmtet_resolution": config.dmtet_resolution}
+                "dmtet_resolution": config.dmtet_resolution,
+                "normal_consistency": config.normal_consistency_weight}
     for prompt in args.prompts:
         out = Path(args.out) / prompt.replace(" ", "_")
         shutil.rmtree(out, ignore_errors=True)  # the benchmark's own output folder
