@@ -153,3 +153,17 @@ def test_an_interrupted_phase_resumes_exactly(tmp_path, clip):
     resumed, _ = ds.train_svr(TINY, data, 4, 0, tmp_path / "b", True, batch_size=4, checkpoint_every=2)
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_cli_trains_and_writes_the_weights_and_stats(tmp_path, capsys):
+    import json
+
+    from text3d_edu.cli import main
+
+    weights = tmp_path / "weights"
+    assert main(["train-dreamstone", "--out", str(tmp_path / "run"), "--weights-dir", str(weights),
+                 "--svr-steps", "2", "--mapper-steps", "2", "--objects", "2", "--noise", "0"]) == 0
+    assert "stage-1 text → shape" in capsys.readouterr().out
+    stats = json.loads((weights / ds.STATS_FILE).read_text())
+    assert stats["command"].startswith("text3d-edu train-dreamstone --svr-steps 2") and stats["noise"] == 0
+    assert all((weights / name).exists() for name in ds.WEIGHTS.values())

@@ -196,6 +196,22 @@ def _cmd_train_pointe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_dreamstone(args: argparse.Namespace) -> int:
+    from text3d_edu.dreamstone import train_dreamstone
+
+    stats = _train(args, "train-dreamstone", train_dreamstone,
+                   ["svr_steps", "mapper_steps", "objects", "noise", "seed", "threads"],
+                   svr_steps=args.svr_steps, mapper_steps=args.mapper_steps, n_objects=args.objects,
+                   noise=args.noise)
+    if stats is None:
+        return 1
+    accuracy = stats["stage1_text_to_shape"]
+    print(f"trained in {sum(stats['minutes'].values()):.1f} min (stage-1 text → shape: kind "
+          f"{accuracy['kind_acc']:.2f}, colour {accuracy['colour_acc']:.2f}); weights and dreamstone.json written "
+          f"to {args.weights_dir or 'text3d_edu/weights'}")
+    return 0
+
+
 def _cmd_train_judge(args: argparse.Namespace) -> int:
     from text3d_edu.cnn_judge import train_cnn_judge
 
@@ -532,6 +548,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.set_defaults(func=_cmd_train_pointe)
+
+    p = sub.add_parser("train-dreamstone", help="train DreamStone's stage 1 on the Pocket World: the single-view "
+                       "reconstruction model (E_S, D) on renders ↔ SDF grids, then the CLIP → shape mapper M")
+    p.add_argument("--out", default="runs/dreamstone", help="checkpoints and the cached renders and grids")
+    p.add_argument("--weights-dir", default=None, help="where the safetensors go (default: the package's)")
+    p.add_argument("--svr-steps", type=int, default=4000)
+    p.add_argument("--mapper-steps", type=int, default=3000)
+    p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (4 renders each)")
+    p.add_argument("--noise", type=float, default=0.75,
+                   help="w in the mapper's input normalize((1 − w) f_I + w n/‖n‖) (0: no noise mixing)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.set_defaults(func=_cmd_train_dreamstone)
 
     p = sub.add_parser("train-judge", help="train the second judge, a CNN that names kind and colour of 32×32 "
                        "renders (no object for blobs), on ground-truth Pocket World renders")
