@@ -126,21 +126,70 @@ def test_missing_weights_name_the_training_command(tmp_path):
         ds.load_dreamstone(tmp_path)
 
 
-def test_train_resume_round_trip(tmp_path, capsys, clip):
-    kwargs = dict(svr_steps=3, mapper_steps=3, n_objects=4, views_per_object=2, checkpoint_every=2,
-                  config=TINY, threads=1)
-    stats = ds.train_dreamstone(tmp_path / "run", tmp_path / "weights", **kwargs)
+TRAIN_KWARGS = dict(svr_steps=3, mapper_steps=3, n_objects=4, views_per_object=2, checkpoint_every=2, config=TINY,
+                    threads=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Stage 1 trained for 3 steps on a tiny config: (run folder, weights folder, stats)."""
+    folder = tmp_path_factory.mktemp("dreamstone")
+    stats = ds.train_dreamstone(folder / "run", folder / "weights", **TRAIN_KWARGS)
+    return folder / "run", folder / "weights", stats
+
+
+def test_train_resume_round_trip(trained, tmp_path, capsys, clip):
+    run, weights, stats = trained
     assert stats["steps"] == {"svr": 3, "mapper": 3} and set(stats["loss"]) == {"svr", "mapper"}
     assert 0 <= stats["stage1_text_to_shape"]["kind_acc"] <= 1
-    svr, mapper = ds.load_dreamstone(tmp_path / "weights")
+    svr, mapper = ds.load_dreamstone(weights)
     assert svr.config == TINY and not any(p.requires_grad for p in mapper.parameters())
     sdf, colour = ds.text_to_shape(svr, mapper, clip, "a red mug")
     assert sdf.shape == (8, 8, 8) and colour.shape == (3, 8, 8, 8)
     # a finished phase is loaded, not retrained: the same weights
-    ds.train_dreamstone(tmp_path / "run", tmp_path / "weights2", resume=True, **kwargs)
+    ds.train_dreamstone(run, tmp_path / "weights2", resume=True, **TRAIN_KWARGS)
     assert "resumed: trained weights found" in capsys.readouterr().out
     again, _ = ds.load_dreamstone(tmp_path / "weights2")
     assert all(torch.equal(a, b) for a, b in zip(svr.state_dict().values(), again.state_dict().values()))
+
+
+def test_generate_writes_a_grid_result(trained, tmp_path, clip):
+    import json
+
+    from text3d_edu.results import load_result
+
+    config = ds.Stage2Config(steps=2, views=2, n_samples=8)
+    field_, metrics = ds.generate_dreamstone("a red mug", tmp_path / "out", config, clip=clip,
+                                             weights_dir=trained[1])
+    assert metrics["method"] == "dreamstone" and metrics["steps"] == 2
+    assert {"stage1_shape", "stage2_shape", "kind_acc", "silhouette_iou"} <= set(metrics)
+    for name in ("views.png", "stage1_views.png", "turntable.gif", "metrics.json", "checkpoint.pt"):
+        assert (tmp_path / "out" / name).exists(), name
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["prompt"] == "a red mug"
+    load_result(tmp_path / "out")  # text3d-edu render reads it back
+    with pytest.raises(ValueError, match="already holds a result"):
+        ds.generate_dreamstone("a red mug", tmp_path / "out", config, clip=clip, weights_dir=trained[1])
+
+
+def test_shape_to_field_keeps_the_volsdf_density_outside_the_surface():
+    axis = torch.linspace(-1, 1, 8)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    sdf = ((x**2 + y**2 + z**2).sqrt() - 0.5).clamp(-ds.TRUNCATION, ds.TRUNCATION)  # a ball of radius 0.5
+    # 15 = 2·7 + 1: the finer grid's vertices include the coarse one's, so d is interpolated alike; near the points,
+    # every vertex is outside the surface, where log σ is linear in d
+    field_ = ds.shape_to_field(sdf, torch.full((3, 8, 8, 8), 0.25), beta=0.05, resolution=15)
+    points = torch.tensor([[0.0, 0.0, 0.6], [0.0, 0.7, 0.0]])
+    sigma, rgb = field_(points, torch.zeros_like(points))
+    expected = ds.DecodedShape(sdf, torch.full((3, 8, 8, 8), 0.25), beta=0.05)(points, torch.zeros_like(points))
+    torch.testing.assert_close(sigma, expected[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rgb, expected[1], rtol=1e-3, atol=1e-3)
+
+
+def test_generate_cli_rejects_options_of_other_methods(tmp_path, capsys):
+    from text3d_edu.cli import main
+
+    assert main(["generate", "a red mug", "--method", "dreamstone", "--guidance", "3", "--out", str(tmp_path)]) == 2
+    assert "--guidance: not options of --method dreamstone" in capsys.readouterr().err
 
 
 def test_an_interrupted_phase_resumes_exactly(tmp_path, clip):

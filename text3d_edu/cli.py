@@ -310,6 +310,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return _generate_point_e(args)
     if args.method == "magic3d":
         return _generate_magic3d(args)
+    if args.method == "dreamstone":
+        return _generate_dreamstone(args)
     if args.coarse_steps is not None:
         raise ValueError(f"--coarse-steps applies to --method magic3d only (got --method {args.method})")
     import torch
@@ -369,6 +371,31 @@ def _generate_point_e(args: argparse.Namespace) -> int:
     judged = ", ".join(f"{k} {metrics[k]}" for k in ("kind_acc", "colour_acc", "clip_rprecision"))
     print(f"{args.prompt!r} (point-e, {metrics['points']} points, {metrics['seconds']:.0f} s): {judged}; "
           f"views.png, turntable.gif, mesh.glb, cloud.ply, synthetic_view.png and metrics.json in {args.out}")
+    return 0
+
+
+def _generate_dreamstone(args: argparse.Namespace) -> int:
+    import torch
+
+    from text3d_edu.dreamstone import Stage2Config, generate_dreamstone
+
+    torch.set_num_threads(args.threads)
+    given = {"--particles": args.particles is not None, "--guidance": args.guidance is not None,
+             "--resume": args.resume, "--no-view-prompt": args.no_view_prompt, "--backend": args.backend != "pocket",
+             "--coarse-steps": args.coarse_steps is not None}
+    if any(given.values()):
+        raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: not options of --method dreamstone, which "
+                         "maps the pocket CLIP's text features to a shape and refines the mapper with the pocket "
+                         "CLIP (it takes --steps for stage 2, --seed, --out, --threads)")
+    config = Stage2Config(**({"steps": args.steps} if args.steps is not None else {}))
+    try:
+        _, metrics = generate_dreamstone(args.prompt, args.out, config, seed=args.seed)
+    except FileNotFoundError as err:  # no DreamStone weights: say how to train them
+        print(f"text3d-edu generate: {err}", file=sys.stderr)
+        return 2
+    judged = ", ".join(f"{k} {metrics[k]}" for k in ("kind_acc", "colour_acc", "clip_rprecision"))
+    print(f"{args.prompt!r} (dreamstone, {metrics['steps']} stage-2 steps, {metrics['seconds']:.0f} s): {judged}; "
+          f"views.png, stage1_views.png, turntable.gif, mesh.glb and metrics.json in {args.out}")
     return 0
 
 
@@ -436,9 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "ProlificDreamer (vsd), Magic3D (magic3d); or by Point-E's sampler "
                                         "(point-e)")
     p.add_argument("prompt", help='e.g. "a red mug"')
-    p.add_argument("--method", choices=["sds", "sds-jacobian", "clip", "vsd", "magic3d", "point-e"], default="sds",
+    p.add_argument("--method", choices=["sds", "sds-jacobian", "clip", "vsd", "magic3d", "point-e", "dreamstone"],
+                   default="sds",
                    help="magic3d: a coarse SDS field, then a textured mesh refined by SDS with the pocket latent "
-                        "prior; point-e samples a cloud (text → image → cloud) instead of optimising a field")
+                        "prior; point-e samples a cloud (text → image → cloud) instead of optimising a field; "
+                        "dreamstone maps CLIP's text feature to a shape (stage 1) and refines the mapper (stage 2)")
     p.add_argument("--particles", type=int, default=None,
                    help="VSD's number of 3D scenes n (default 2), optimised together")
     p.add_argument("--out", default="outputs/generate")

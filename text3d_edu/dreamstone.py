@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from text3d_edu import toyworld
 from text3d_edu.cameras import sample_cameras
-from text3d_edu.fields import trilinear
+from text3d_edu.fields import GridField, trilinear
 from text3d_edu.priors import data as pocket_data
 from text3d_edu.priors.train import load_weights, save_weights, training_loop
 from text3d_edu.rendering import render_image
@@ -241,22 +241,41 @@ def text_features(clip, prompt: str) -> Tensor:
     return F.normalize(clip.encode_text([prompt]), dim=-1)
 
 
+def volsdf_density(d: Tensor, beta: float) -> Tensor:
+    """VolSDF's density (eq. 2) σ = α Ψ_β(−d), α = 1/β, of signed distances d (any shape): Ψ_β(−d) is
+    ½ exp(−d/β) outside the surface (d > 0) and 1 − ½ exp(d/β) inside."""
+    psi = torch.where(d > 0, 0.5 * torch.exp(-d.clamp_min(0) / beta), 1 - 0.5 * torch.exp(d.clamp_max(0) / beta))
+    return psi / beta
+
+
 class DecodedShape(nn.Module):
-    """The decoded grids as a radiance field for ``rendering``: σ(x) = α Ψ_β(−d(x)) (VolSDF eq. 2, α = 1/β) and
-    c(x), both read by trilinear interpolation. sdf (R, R, R), colour (3, R, R, R); points, view_dirs (N, 3) →
-    σ (N,), rgb (N, 3). Differentiable with respect to both grids."""
+    """The decoded grids as a radiance field for ``rendering``: σ(x) = ``volsdf_density``(d(x)) and c(x), both read
+    by trilinear interpolation. sdf (R, R, R), colour (3, R, R, R); points, view_dirs (N, 3) → σ (N,), rgb (N, 3).
+    Differentiable with respect to both grids."""
 
     def __init__(self, sdf: Tensor, colour: Tensor, beta: float = 0.02):
         super().__init__()
         self.sdf, self.colour, self.beta = sdf[None, None], colour[None], beta
 
     def forward(self, points: Tensor, view_dirs: Tensor) -> tuple[Tensor, Tensor]:
-        d = trilinear(self.sdf, points)[:, 0]  # (N,)
-        # Ψ_β(−d): ½ exp(−d/β) outside the surface (d > 0), 1 − ½ exp(d/β) inside
-        psi = torch.where(d > 0, 0.5 * torch.exp(-d.clamp_min(0) / self.beta),
-                          1 - 0.5 * torch.exp(d.clamp_max(0) / self.beta))
         inside = (points.abs() <= 1.0).all(dim=-1)
-        return psi / self.beta * inside, trilinear(self.colour, points)
+        sigma = volsdf_density(trilinear(self.sdf, points)[:, 0], self.beta)  # (N,)
+        return sigma * inside, trilinear(self.colour, points)
+
+
+@torch.no_grad()
+def shape_to_field(sdf: Tensor, colour: Tensor, beta: float = 0.02, resolution: int = 64) -> GridField:
+    """A decoded shape — sdf (R, R, R), colour (3, R, R, R) — as a ``GridField`` (what every grid result is, so
+    ``generate``'s views, turntable, mesh and ``text3d-edu render`` read it): d and c upsampled trilinearly to
+    ``resolution``³, log σ = log ``volsdf_density``(d) and the colour's logits. Outside the surface log σ is linear
+    in d, so the grid's trilinear lookup of log σ is VolSDF's density of the interpolated d."""
+    size = (resolution,) * 3
+    d = F.interpolate(sdf[None, None], size=size, mode="trilinear", align_corners=True)  # (1, 1, r, r, r)
+    c = F.interpolate(colour[None], size=size, mode="trilinear", align_corners=True)  # (1, 3, r, r, r)
+    field_ = GridField(resolution)
+    field_.log_sigma.copy_(volsdf_density(d, beta).log())
+    field_.colour_logits.copy_(torch.logit(c.clamp(1e-4, 1 - 1e-4)))
+    return field_
 
 
 def decode(svr: SVRModel, mapper: Mapper, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -324,6 +343,60 @@ def shape_mesh(sdf: Tensor, colour: Tensor):
 
     return marching_cubes_mesh(sdf.numpy(), level=0.0, inside_is_below=True,
                                colour_fn=lambda points: trilinear(colour[None], points))
+
+
+def generate_dreamstone(prompt: str, out_dir: str | Path | None = None, config: Stage2Config | None = None,
+                        seed: int = 0, clip=None, weights_dir: str | Path | None = None) -> tuple[GridField, dict]:
+    """``text3d-edu generate PROMPT --method dreamstone``: text → shape by D(M(f_T)) (stage 1), then stage 2 on this
+    prompt (``refine_mapper``), the result as a grid field (``shape_to_field``) and the judge's figures.
+
+    With ``out_dir``, writes what every grid method writes (views.png under the truth, turntable.gif, mesh.glb,
+    metrics.json, checkpoint.pt, which ``text3d-edu render`` re-renders) and stage1_views.png (the shape before
+    stage 2). ``metrics.json`` holds both stages' seconds, stage 2's first and last L_C, and for a Pocket World
+    caption the nearest kind by occupancy IoU before and after stage 2 beside the judge's and the fidelity's."""
+    from text3d_edu import viz
+    from text3d_edu.fidelity import fidelity_cameras, truth_renders
+    from text3d_edu.generate import field_fidelity, judge, judge_cameras, render_views, write_outputs
+    from text3d_edu.priors import load_clip
+
+    config = config or Stage2Config()
+    out = Path(out_dir) if out_dir is not None else None
+    if out and (out / "metrics.json").exists():
+        raise ValueError(f"{out} already holds a result: choose another output (DreamStone has nothing to resume)")
+    clip = clip or load_clip("pocket")
+    text_features(clip, prompt)  # a bad prompt fails before the weights load
+    svr, mapper = load_dreamstone(weights_dir)
+    tick = time.perf_counter()
+    before = text_to_shape(svr, mapper, clip, prompt)
+    stage1 = time.perf_counter() - tick
+    tick = time.perf_counter()
+    refined, losses = refine_mapper(mapper, svr, clip, prompt, config, seed)
+    after = text_to_shape(svr, refined, clip, prompt)
+    stage2 = time.perf_counter() - tick
+    field_ = shape_to_field(*after, beta=config.beta)
+    views = render_views(field_, judge_cameras(32))  # (8, 3, 32, 32)
+    metrics = {"prompt": prompt, "method": "dreamstone", "representation": "grid", "seed": seed,
+               "config": asdict(config), "steps": config.steps, "seconds": round(stage1 + stage2, 2),
+               "stage_seconds": {"stage1": round(stage1, 2), "stage2": round(stage2, 2)},
+               "stage2_loss": {"first": round(losses[0], 4), "last": round(losses[-1], 4)} if losses else None,
+               **judge(views, prompt, clip)}
+    try:
+        toyworld.parse_caption(prompt)
+    except ValueError:  # not a Pocket World caption: the judge's figures only
+        pass
+    else:
+        grids = kind_grids(svr.config.grid)
+        for stage, (sdf, colour) in (("stage1", before), ("stage2", after)):
+            kind, iou = nearest_kind(sdf, grids)
+            metrics[f"{stage}_shape"] = {"kind": kind, "iou": round(iou, 3), "colour": nearest_colour(sdf, colour)}
+        metrics.update(field_fidelity(field_, prompt, truth_renders(prompt, fidelity_cameras())))
+    if out:
+        write_outputs(field_, views, metrics, out)
+        torch.save({"field": field_.state_dict()}, out / "checkpoint.pt")  # a grid result
+        stage1_views = render_views(shape_to_field(*before, beta=config.beta), judge_cameras(32))
+        viz.image_grid(stage1_views.permute(0, 2, 3, 1), ncols=8, titles=["stage 1"] * 8,
+                       path=out / "stage1_views.png", scale=1.3)
+    return field_, metrics
 
 
 # --- judging a decoded shape against the Pocket World --------------------------------------------------------
