@@ -87,6 +87,19 @@ def test_volsdf_density_is_half_of_alpha_on_the_surface():
     torch.testing.assert_close(rgb, torch.full((1, 3), 0.5))
 
 
+def test_shaded_renders_are_lit_like_the_pocket_world():
+    from text3d_edu.world_render import AMBIENT, FILL, FILL_LIGHT, KEY, KEY_LIGHT
+
+    axis = torch.linspace(-1, 1, 32)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    sdf = ((x**2 + y**2 + z**2).sqrt() - 0.5).clamp(-ds.TRUNCATION, ds.TRUNCATION)  # a ball of radius 0.5
+    shape = ds.DecodedShape(sdf, torch.full((3, 32, 32, 32), 0.5), shaded=True)
+    point = 0.5 * KEY_LIGHT[None]  # on the surface, its normal along the key light
+    _, rgb = shape(point, torch.zeros_like(point))
+    light = AMBIENT + KEY + FILL * max(float(KEY_LIGHT @ FILL_LIGHT), 0.0)
+    torch.testing.assert_close(rgb, torch.full((1, 3), 0.5 * light), atol=0.02, rtol=0)
+
+
 def test_stage2_gradients_reach_only_the_mapper(clip):
     torch.manual_seed(0)
     svr, mapper = ds.SVRModel(TINY).eval().requires_grad_(False), ds.Mapper(TINY)

@@ -48,7 +48,7 @@ from text3d_edu.fields import GridField, trilinear
 from text3d_edu.priors import data as pocket_data
 from text3d_edu.priors.train import load_weights, save_weights, training_loop
 from text3d_edu.rendering import render_image
-from text3d_edu.world_render import sdf_grid
+from text3d_edu.world_render import AMBIENT, FILL, FILL_LIGHT, KEY, KEY_LIGHT, sdf_grid
 
 TRUNCATION = 0.2  # δ: the decoder's SDF lives in [−δ, δ] (a truncated SDF, as in DeepSDF / TSDF fusion)
 WEIGHTS = {"svr": "dreamstone_svr.safetensors", "mapper": "dreamstone_mapper.safetensors"}
@@ -251,16 +251,27 @@ def volsdf_density(d: Tensor, beta: float) -> Tensor:
 class DecodedShape(nn.Module):
     """The decoded grids as a radiance field for ``rendering``: σ(x) = ``volsdf_density``(d(x)) and c(x), both read
     by trilinear interpolation. sdf (R, R, R), colour (3, R, R, R); points, view_dirs (N, 3) → σ (N,), rgb (N, 3).
-    Differentiable with respect to both grids."""
+    Differentiable with respect to both grids.
 
-    def __init__(self, sdf: Tensor, colour: Tensor, beta: float = 0.02):
+    ``shaded``: c(x) is lit as the Pocket World renders are (``world_render.shade``: the two world-space lights on
+    the normal n = ∇d/‖∇d‖, central differences of the grid), so the CLIP compares renders that look like the ones it
+    was trained on; unshaded, the CLIP wants darker albedo (red turns brown in stage 2)."""
+
+    def __init__(self, sdf: Tensor, colour: Tensor, beta: float = 0.02, shaded: bool = False):
         super().__init__()
         self.sdf, self.colour, self.beta = sdf[None, None], colour[None], beta
+        spacing = 2.0 / (sdf.shape[-1] - 1)
+        self.gradient = torch.stack(torch.gradient(sdf, spacing=spacing))[None] if shaded else None  # (1, 3, R, R, R)
 
     def forward(self, points: Tensor, view_dirs: Tensor) -> tuple[Tensor, Tensor]:
         inside = (points.abs() <= 1.0).all(dim=-1)
         sigma = volsdf_density(trilinear(self.sdf, points)[:, 0], self.beta)  # (N,)
-        return sigma * inside, trilinear(self.colour, points)
+        rgb = trilinear(self.colour, points)  # (N, 3)
+        if self.gradient is not None:
+            n = F.normalize(trilinear(self.gradient, points), dim=-1, eps=1e-6)  # (N, 3)
+            light = AMBIENT + KEY * (n @ KEY_LIGHT).clamp_min(0) + FILL * (n @ FILL_LIGHT).clamp_min(0)
+            rgb = (rgb * light[:, None]).clamp(0, 1)
+        return sigma * inside, rgb
 
 
 @torch.no_grad()
@@ -283,10 +294,11 @@ def decode(svr: SVRModel, mapper: Mapper, features: Tensor) -> tuple[Tensor, Ten
     return svr.decoder(mapper(features))
 
 
-def render_shape(sdf: Tensor, colour: Tensor, cameras, n_samples: int = 48, beta: float = 0.02) -> Tensor:
+def render_shape(sdf: Tensor, colour: Tensor, cameras, n_samples: int = 48, beta: float = 0.02,
+                 shaded: bool = True) -> Tensor:
     """Differentiable renders (B, 3, H, W) of one decoded shape — sdf (R, R, R), colour (3, R, R, R) — on the
-    Pocket World background, from ``cameras`` (B views)."""
-    out = render_image(DecodedShape(sdf, colour, beta), cameras, n_samples, toyworld.BACKGROUND)
+    Pocket World background, from ``cameras`` (B views), lit like the Pocket World's renders when ``shaded``."""
+    out = render_image(DecodedShape(sdf, colour, beta, shaded), cameras, n_samples, toyworld.BACKGROUND)
     return out["rgb"].permute(0, 3, 1, 2)
 
 
@@ -303,6 +315,7 @@ class Stage2Config:
     lr: float = 1e-4
     n_samples: int = 32  # volume-rendering samples per ray
     beta: float = 0.02  # VolSDF's β
+    shaded: bool = True  # light the renders as the Pocket World's (``DecodedShape``)
 
 
 def refine_mapper(mapper: Mapper, svr: SVRModel, clip, prompt: str, config: Stage2Config | None = None,
@@ -322,7 +335,7 @@ def refine_mapper(mapper: Mapper, svr: SVRModel, clip, prompt: str, config: Stag
                                  radius_range=pocket_data.RADIUS_RANGE, resolution=clip.image_size)
         sdf, colour = decode(svr, refined, f_text)  # (1, R, R, R), (1, 3, R, R, R)
         loss = consistency_loss(clip, f_text, render_shape(sdf[0], colour[0], cameras, config.n_samples,
-                                                            config.beta))
+                                                            config.beta, config.shaded))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
