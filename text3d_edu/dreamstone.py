@@ -1,7 +1,7 @@
-"""DreamStone (Liu, Dai, Hu, Fu et al., "DreamStone: Image as a Stepping Stone for Text-Guided 3D Shape
-Generation", TPAMI 2023, https://arxiv.org/abs/2303.15181; its conference version is ISS, "ISS: Image as Stepping
-Stone for Text-Guided 3D Shape Generation", ICLR 2023, https://arxiv.org/abs/2209.04145): text → shape with no
-paired text at all, using the image as a stepping stone between CLIP's text space and a 3D shape space.
+"""DreamStone (Zhengzhe Liu, Peng Dai, Ruihui Li, Xiaojuan Qi, Chi-Wing Fu: "DreamStone: Image as a Stepping Stone
+for Text-Guided 3D Shape Generation", TPAMI 2023, https://arxiv.org/abs/2303.15181; its conference version is "ISS:
+Image as Stepping Stone for Text-Guided 3D Shape Generation", ICLR 2023, https://arxiv.org/abs/2209.04145): text →
+shape with no paired text at all, using the image as a stepping stone between CLIP's text space and a 3D shape space.
 
 Stage 1 — align CLIP's *image* space with the shape space of a single-view reconstruction (SVR) model:
 
@@ -11,10 +11,11 @@ Stage 1 — align CLIP's *image* space with the shape space of a single-view rec
 
     L_M = Σ_i ‖E_S(I_i) − M(f_{I,i})‖²₂                                         (the seed's L_M; E_S frozen)
 
-  The official code mixes noise into the image features before M, f ← normalize(0.25·f + 0.75·n/‖n‖), n ~ N(0, I),
-  so that M also maps features that are not exactly image features — text features included (``mix_noise``).
-  The paper also fine-tunes D with a background loss L_bg = Σ_p ‖D_c(p) − 1‖² on pixels whose rays miss the
-  shape, for its white-background renders; our decoder is trained on the SDF grids directly, so there is no L_bg.
+  The official code (liuzhengzhe/DreamStone-ISS; in the form issue 14 quotes) mixes noise into the image features
+  before M, f ← normalize(0.25·f + 0.75·n/‖n‖), n ~ N(0, I), so that M also maps features that are not exactly
+  image features — text features included (``mix_noise``). The paper also fine-tunes D with a background loss
+  L_bg = Σ_p ‖D_c(p) − 1‖² on pixels whose rays miss the shape, for its white-background renders; our decoder is
+  trained on the SDF grids directly, so there is no L_bg.
 
 Text → shape: feed the pocket CLIP's *text* feature f_T (unit norm) to M, decode, mesh by marching cubes.
 
