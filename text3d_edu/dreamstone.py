@@ -444,9 +444,10 @@ def nearest_colour(sdf: Tensor, colour: Tensor) -> str:
 def evaluate(svr: SVRModel, mapper: Mapper, clip, prompts: list[str] | None = None,
              refine: Stage2Config | None = None, seed: int = 0) -> dict:
     """Text → shape accuracy on ``prompts`` (every kind in ``EVAL_COLOURS`` by default): the nearest kind by
-    occupancy IoU and the nearest colour (``nearest_kind`` / ``nearest_colour``) against the prompt's; with
-    ``refine``, after stage 2 on each prompt. Returns {"kind_acc", "colour_acc", "seconds_per_prompt", "shapes":
-    [{"prompt", "kind", "iou", "colour"}]}."""
+    occupancy IoU and the nearest colour (``nearest_kind`` / ``nearest_colour``) against the prompt's, and the
+    IoU with the prompt's own kind; with ``refine``, after stage 2 on each prompt. Returns {"kind_acc",
+    "colour_acc", "mean_true_kind_iou", "seconds_per_prompt", "shapes": [{"prompt", "kind", "iou",
+    "true_kind_iou", "colour"}]}."""
     prompts = prompts or [toyworld.with_article(f"{c} {k}") for k in toyworld.KINDS for c in EVAL_COLOURS]
     grids = kind_grids(svr.config.grid)
     rows, started = [], time.perf_counter()
@@ -454,11 +455,15 @@ def evaluate(svr: SVRModel, mapper: Mapper, clip, prompts: list[str] | None = No
         m = refine_mapper(mapper, svr, clip, prompt, refine, seed)[0] if refine else mapper
         sdf, colour = text_to_shape(svr, m, clip, prompt)
         kind, iou = nearest_kind(sdf, grids)
-        rows.append({"prompt": prompt, "kind": kind, "iou": round(iou, 3), "colour": nearest_colour(sdf, colour)})
+        true_kind = toyworld.parse_caption(prompt).kind
+        true_iou = ((sdf < 0) & grids[true_kind]).sum() / ((sdf < 0) | grids[true_kind]).sum().clamp_min(1)
+        rows.append({"prompt": prompt, "kind": kind, "iou": round(iou, 3), "true_kind_iou": round(true_iou.item(), 3),
+                     "colour": nearest_colour(sdf, colour)})
     truth = [toyworld.parse_caption(p) for p in prompts]
     n = len(prompts)
     return {"kind_acc": sum(r["kind"] == t.kind for r, t in zip(rows, truth)) / n,
             "colour_acc": sum(r["colour"] == t.colour for r, t in zip(rows, truth)) / n,
+            "mean_true_kind_iou": round(sum(r["true_kind_iou"] for r in rows) / n, 3),
             "seconds_per_prompt": round((time.perf_counter() - started) / n, 2), "shapes": rows}
 
 
