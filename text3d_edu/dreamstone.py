@@ -28,6 +28,15 @@ the CDF of a zero-mean Laplace distribution of scale β.
 Where ours differs: the paper's SVR model is DVR (an implicit occupancy + texture decoder trained on ShapeNet
 renders); ours is a small CNN E_S and a 3D transposed-convolution decoder D to a 24³ grid (trains in minutes on one
 CPU thread); our CLIP is the pocket CLIP (64-d features, 32×32 images).
+
+Measured (``train_dreamstone``'s defaults, one thread of a shared 2-core CPU; 26 prompts = 13 kinds × red, blue):
+stage 1 trains in 25 min (data 1.5, SVR 23.7 at 0.35 s/step, mapper 0.1). The pocket CLIP's modality gap
+‖mean f_I − mean f_T‖ = 0.31 (matching pairs' cosine 0.78). Held-out renders → E_S → D: nearest kind by IoU 0.88
+(the true grids themselves score 0.95: forms and jitter); held-out f_I → M → D: 0.77 with noise mixing, 0.92
+without. Text → shape, nearest kind by IoU / colour: noise mixing 0.85 / 0.77, without 0.81 / 0.73; after stage 2
+(``Stage2Config``, 10.6 s of CPU per prompt) 0.96 / 0.85. The CNN judge (``cnn_judge``, which shares nothing with
+the pocket CLIP) on 8 views: kind 0.76 → 0.88, colour 0.94 → 1.00 from stage 1 to stage 2. Stage 2 on *unshaded*
+renders made things worse (0.81 / 0.54): the CLIP pulled the albedo towards the shaded colours it was trained on.
 """
 
 from __future__ import annotations
