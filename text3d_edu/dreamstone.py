@@ -73,7 +73,7 @@ class DreamStoneConfig:
 
     grid: int = 24  # R: the decoded SDF / colour grid is R³ over [−1, 1]³ (a multiple of 8)
     code_dim: int = 128  # the shape code E_S(I) = M(f)
-    width: int = 32  # channels of E_S's first convolution (and of D's last); doubled at each scale
+    width: int = 32  # w: channels of E_S's first convolution, doubled at each scale (D mirrors it, ending at w/2)
     clip_dim: int = 64  # E: the CLIP features' size (the pocket CLIP's embedding)
     mapper_width: int = 256
     image_size: int = 32  # the renders E_S reads (the pocket CLIP's size)
