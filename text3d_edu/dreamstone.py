@@ -58,7 +58,7 @@ from text3d_edu.fields import GridField, trilinear
 from text3d_edu.priors import data as pocket_data
 from text3d_edu.priors.train import load_weights, save_weights, training_loop
 from text3d_edu.rendering import render_image
-from text3d_edu.world_render import AMBIENT, FILL, FILL_LIGHT, KEY, KEY_LIGHT, sdf_grid
+from text3d_edu.world_render import lighting, sdf_grid
 
 TRUNCATION = 0.2  # δ: the decoder's SDF lives in [−δ, δ] (a truncated SDF, as in DeepSDF / TSDF fusion)
 WEIGHTS = {"svr": "dreamstone_svr.safetensors", "mapper": "dreamstone_mapper.safetensors"}
@@ -263,7 +263,7 @@ class DecodedShape(nn.Module):
     by trilinear interpolation. sdf (R, R, R), colour (3, R, R, R); points, view_dirs (N, 3) → σ (N,), rgb (N, 3).
     Differentiable with respect to both grids.
 
-    ``shaded``: c(x) is lit as the Pocket World renders are (``world_render.shade``: the two world-space lights on
+    ``shaded``: c(x) is lit as the Pocket World renders are (``world_render.lighting``: the two world-space lights on
     the normal n = ∇d/‖∇d‖, central differences of the grid), so the CLIP compares renders that look like the ones it
     was trained on; unshaded, the CLIP wants darker albedo (red turns brown in stage 2)."""
 
@@ -279,8 +279,7 @@ class DecodedShape(nn.Module):
         rgb = trilinear(self.colour, points)  # (N, 3)
         if self.gradient is not None:
             n = F.normalize(trilinear(self.gradient, points), dim=-1, eps=1e-6)  # (N, 3)
-            light = AMBIENT + KEY * (n @ KEY_LIGHT).clamp_min(0) + FILL * (n @ FILL_LIGHT).clamp_min(0)
-            rgb = (rgb * light[:, None]).clamp(0, 1)
+            rgb = (rgb * lighting(n)[:, None]).clamp(0, 1)
         return sigma * inside, rgb
 
 
