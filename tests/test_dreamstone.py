@@ -242,3 +242,10 @@ def test_the_shipped_weights_turn_text_into_the_named_kind(clip):
     refined = ds.evaluate(svr, mapper, clip, wrong, refine=ds.Stage2Config(steps=40))
     before = ds.evaluate(svr, mapper, clip, wrong)
     assert refined["kind_acc"] > before["kind_acc"]
+
+
+def test_stage2_stops_on_a_nan_loss_naming_the_fix(clip, monkeypatch):
+    svr, mapper = ds.SVRModel(TINY), ds.Mapper(TINY)
+    monkeypatch.setattr(ds, "consistency_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(FloatingPointError, match="lower Stage2Config.lr"):
+        ds.refine_mapper(mapper, svr, clip, "a red mug", ds.Stage2Config(steps=3, views=1, n_samples=4))

@@ -254,3 +254,5 @@ def test_generate_point_e_writes_a_result_render_can_read_and_names_missing_weig
         generate_point_e("a red mug", tmp_path / "other", config, weights_dir=tmp_path / "nothing")
     assert main(["generate", "a red mug", "--method", "point-e", "--steps", "10"]) == 2
     assert "--steps: not options of --method point-e" in capsys.readouterr().err
+    assert main(["generate", "a red mug", "--method", "point-e", "--coarse-steps", "10"]) == 2  # was ignored
+    assert "--coarse-steps: not options of --method point-e" in capsys.readouterr().err

@@ -357,7 +357,8 @@ def _generate_point_e(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     given = {"--particles": args.particles is not None, "--steps": args.steps is not None, "--resume": args.resume,
-             "--no-view-prompt": args.no_view_prompt, "--backend": args.backend != "pocket"}
+             "--no-view-prompt": args.no_view_prompt, "--backend": args.backend != "pocket",
+             "--coarse-steps": args.coarse_steps is not None}
     if any(given.values()):
         raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: not options of --method point-e, which "
                          "samples with the pocket priors and Point-E models (it takes --seed, --guidance, --out, "

@@ -339,12 +339,15 @@ def refine_mapper(mapper: Mapper, svr: SVRModel, clip, prompt: str, config: Stag
     optimizer = torch.optim.Adam(refined.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in tqdm(range(config.steps), desc="DreamStone stage 2", disable=not progress):
+    for step in tqdm(range(config.steps), desc="DreamStone stage 2", disable=not progress):
         cameras = sample_cameras(config.views, generator, elevation_range=pocket_data.ELEVATION_RANGE,
                                  radius_range=pocket_data.RADIUS_RANGE, resolution=clip.image_size)
         sdf, colour = decode(svr, refined, f_text)  # (1, R, R, R), (1, 3, R, R, R)
         loss = consistency_loss(clip, f_text, render_shape(sdf[0], colour[0], cameras, config.n_samples,
                                                             config.beta, config.shaded))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"stage 2's loss became {loss.item()} at step {step} for {prompt!r}: lower "
+                                     f"Stage2Config.lr (now {config.lr})")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
