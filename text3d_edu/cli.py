@@ -350,6 +350,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reject_options(given: dict[str, bool], method: str, what_it_does: str) -> None:
+    """A clear error naming every option in ``given`` ({"--flag": was it given}) that ``method`` does not take."""
+    if any(given.values()):
+        raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: not options of --method {method}, which "
+                         f"{what_it_does}")
+
+
 def _generate_point_e(args: argparse.Namespace) -> int:
     import torch
 
@@ -359,10 +366,8 @@ def _generate_point_e(args: argparse.Namespace) -> int:
     given = {"--particles": args.particles is not None, "--steps": args.steps is not None, "--resume": args.resume,
              "--no-view-prompt": args.no_view_prompt, "--backend": args.backend != "pocket",
              "--coarse-steps": args.coarse_steps is not None}
-    if any(given.values()):
-        raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: not options of --method point-e, which "
-                         "samples with the pocket priors and Point-E models (it takes --seed, --guidance, --out, "
-                         "--threads)")
+    _reject_options(given, "point-e", "samples with the pocket priors and Point-E models (it takes --seed, "
+                    "--guidance, --out, --threads)")
     config = PointEConfig(**({"guidance": args.guidance} if args.guidance is not None else {}))
     try:
         _, metrics = generate_point_e(args.prompt, args.out, config, seed=args.seed)
@@ -384,10 +389,8 @@ def _generate_dreamstone(args: argparse.Namespace) -> int:
     given = {"--particles": args.particles is not None, "--guidance": args.guidance is not None,
              "--resume": args.resume, "--no-view-prompt": args.no_view_prompt, "--backend": args.backend != "pocket",
              "--coarse-steps": args.coarse_steps is not None}
-    if any(given.values()):
-        raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: not options of --method dreamstone, which "
-                         "maps the pocket CLIP's text features to a shape and refines the mapper with the pocket "
-                         "CLIP (it takes --steps for stage 2, --seed, --out, --threads)")
+    _reject_options(given, "dreamstone", "maps the pocket CLIP's text features to a shape and refines the "
+                    "mapper with the pocket CLIP (it takes --steps for stage 2, --seed, --out, --threads)")
     config = Stage2Config(**({"steps": args.steps} if args.steps is not None else {}))
     try:
         _, metrics = generate_dreamstone(args.prompt, args.out, config, seed=args.seed)
@@ -409,10 +412,9 @@ def _generate_magic3d(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     given = {"--particles": args.particles is not None, "--backend": args.backend != "pocket"}
-    if any(given.values()):
-        raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: not options of --method magic3d, which "
-                         "runs on the pocket priors (with real weights, call text3d_edu.magic3d.generate_magic3d "
-                         "with prior= and fine_prior= load_diffusion('stable-diffusion'))")
+    _reject_options(given, "magic3d", "runs on the pocket priors (with real weights, call "
+                    "text3d_edu.magic3d.generate_magic3d with prior= and fine_prior= "
+                    "load_diffusion('stable-diffusion'))")
     defaults = Magic3DConfig()
     coarse = GenerateConfig(method="sds", seed=args.seed, view_prompts=not args.no_view_prompt,
                             steps=args.coarse_steps if args.coarse_steps is not None else defaults.coarse.steps)

@@ -56,7 +56,7 @@ from text3d_edu import toyworld
 from text3d_edu.cameras import sample_cameras
 from text3d_edu.fields import GridField, trilinear
 from text3d_edu.priors import data as pocket_data
-from text3d_edu.priors.train import load_weights, save_weights, training_loop
+from text3d_edu.priors.train import load_weights, publish_weights, save_weights, training_loop
 from text3d_edu.rendering import render_image
 from text3d_edu.world_render import lighting, sdf_grid
 
@@ -494,18 +494,23 @@ def modality_gap(clip, data: dict) -> dict:
 # --- training and loading ------------------------------------------------------------------------------------
 
 
-def train_svr(config: DreamStoneConfig, data: dict, steps: int, seed: int, out: Path, resume: bool,
-              batch_size: int = 32, lr: float = 1e-3, checkpoint_every: int = 500) -> tuple[SVRModel, float]:
-    """Stage 1a: E_S and D on random views ↔ their object's grids (``svr_loss``); returns (model, smoothed loss)."""
+def _training_setup(model: nn.Module, lr: float, steps: int):
+    """Both stage-1 phases' (Accelerator, AdamW, cosine schedule with a warm-up of a tenth of the steps, ≤ 200)."""
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
-    accelerator = Accelerator()
-    torch.manual_seed(seed)
-    model = SVRModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(200, steps // 10),
                                  num_training_steps=steps)
+    return Accelerator(), optimizer, lr_scheduler
+
+
+def train_svr(config: DreamStoneConfig, data: dict, steps: int, seed: int, out: Path, resume: bool,
+              batch_size: int = 32, lr: float = 1e-3, checkpoint_every: int = 500) -> tuple[SVRModel, float]:
+    """Stage 1a: E_S and D on random views ↔ their object's grids (``svr_loss``); returns (model, smoothed loss)."""
+    torch.manual_seed(seed)
+    model = SVRModel(config)
+    accelerator, optimizer, lr_scheduler = _training_setup(model, lr, steps)
     n_objects, views = data["images"].shape[:2]
 
     def loss_fn(model, generator):
@@ -532,15 +537,9 @@ def train_mapper(config: DreamStoneConfig, features: Tensor, codes: Tensor, step
                  checkpoint_every: int = 500, phase: str = "dreamstone_mapper") -> tuple[Mapper, float]:
     """Stage 1b: M on L_M from CLIP image features (N, V, E), noise-mixed by ``mix_noise`` with weight ``noise``,
     to the frozen E_S's codes (N, V, code_dim); returns (M, smoothed loss)."""
-    from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
-
-    accelerator = Accelerator()
     torch.manual_seed(seed)
     mapper = Mapper(config)
-    optimizer = torch.optim.AdamW(mapper.parameters(), lr=lr, weight_decay=1e-4)
-    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(200, steps // 10),
-                                 num_training_steps=steps)
+    accelerator, optimizer, lr_scheduler = _training_setup(mapper, lr, steps)
     f, target = features.reshape(-1, features.shape[-1]), codes.reshape(-1, codes.shape[-1])
 
     def loss_fn(mapper, generator):
@@ -588,7 +587,6 @@ def train_dreamstone(out_dir: str | Path = "runs/dreamstone", weights_dir: str |
     With ``resume``, a finished model is loaded from ``out_dir`` and an unfinished one continues from its last
     checkpoint."""
     from text3d_edu.priors import load_clip
-    from text3d_edu.priors.pocket_clip import WEIGHTS_DIR
 
     torch.set_num_threads(threads)
     config = config or DreamStoneConfig()
@@ -627,10 +625,6 @@ def train_dreamstone(out_dir: str | Path = "runs/dreamstone", weights_dir: str |
              "modality_gap": modality_gap(clip, data),
              "stage1_text_to_shape": {k: v for k, v in evaluate(svr, mapper, clip).items() if k != "shapes"},
              "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"}
-    weights = Path(weights_dir or WEIGHTS_DIR)
-    weights.mkdir(parents=True, exist_ok=True)
-    for name in WEIGHTS.values():
-        (weights / name).write_bytes((out / name).read_bytes())
-    (weights / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
+    publish_weights(out, WEIGHTS.values(), weights_dir, STATS_FILE, stats)
     return stats
 

@@ -21,7 +21,7 @@ import torch
 
 from text3d_edu.point_e.diffusion import make_scheduler, training_loss
 from text3d_edu.point_e.model import DenoiserConfig, PointDenoiser
-from text3d_edu.priors.train import load_weights, save_weights, training_loop
+from text3d_edu.priors.train import load_weights, publish_weights, save_weights, training_loop
 
 WEIGHTS = {"base": "point_e_base.safetensors", "upsampler": "point_e_upsampler.safetensors"}
 PHASE_IDS = {"base": 10, "upsampler": 11}  # the training generators' phase numbers, apart from the priors' 0 and 1
@@ -110,7 +110,6 @@ def train_point_e(out_dir: str | Path = "runs/point_e", weights_dir: str | Path 
     import time
 
     from text3d_edu.point_e.data import cloud_dataset
-    from text3d_edu.priors.pocket_clip import WEIGHTS_DIR
 
     torch.set_num_threads(threads)
     out = Path(out_dir)
@@ -141,11 +140,7 @@ def train_point_e(out_dir: str | Path = "runs/point_e", weights_dir: str | Path 
              "sizes": {"base": asdict(base), "upsampler": asdict(upsampler)},
              "minutes": {k: round(v, 2) for k, v in minutes.items()}, "loss": losses,
              "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"}
-    weights = Path(weights_dir or WEIGHTS_DIR)
-    weights.mkdir(parents=True, exist_ok=True)
-    for name in WEIGHTS.values():
-        (weights / name).write_bytes((out / name).read_bytes())
-    (weights / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
+    publish_weights(out, WEIGHTS.values(), weights_dir, STATS_FILE, stats)
     return stats
 
 

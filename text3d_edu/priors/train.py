@@ -56,6 +56,16 @@ def save_weights(module: torch.nn.Module, path: Path, config: dict) -> None:
     save_file(state, str(path), metadata={"config": json.dumps(config)})
 
 
+def publish_weights(out: Path, names, weights_dir: str | Path | None, stats_file: str, stats: dict) -> None:
+    """Copy the trained safetensors ``names`` from the run folder ``out`` into ``weights_dir`` (the package's
+    ``weights/`` by default) and write ``stats`` beside them as ``stats_file`` (the model card's measured record)."""
+    weights = Path(weights_dir or pocket_clip.WEIGHTS_DIR)
+    weights.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (weights / name).write_bytes((out / name).read_bytes())
+    (weights / stats_file).write_text(json.dumps(stats, indent=1) + "\n")
+
+
 def load_weights(path: Path, build):
     """The module ``save_weights`` wrote: ``build(config)`` with the config from the file's metadata, its weights
     loaded back in float32."""
