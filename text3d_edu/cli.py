@@ -225,6 +225,18 @@ def _cmd_train_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from text3d_edu.compare import compare, markdown
+
+    torch.set_num_threads(args.threads)
+    table = compare(args.prompts, args.methods, args.seeds, args.quick, args.out, args.resume)
+    print(markdown(table), end="")
+    print(f"{len(table['results'])} runs; compare.json, compare.csv and compare.md in {args.out}")
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -607,6 +619,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.set_defaults(func=_cmd_train_judge)
+
+    p = sub.add_parser("compare", help="run every method on a prompt set and judge the results alike (lecture 10): "
+                                       "compare.json, compare.csv, compare.md")
+    p.add_argument("--quick", action="store_true", help="one prompt, fewer steps: the lecture-sized run (≈ 5 min)")
+    p.add_argument("--prompts", nargs="+", default=None, help="Pocket World captions (default: a fixed set of 4)")
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method of generate")
+    p.add_argument("--seeds", type=int, default=1, help="runs per method and prompt (seeds 0…N−1): diversity")
+    p.add_argument("--out", default="outputs/compare", help="a new or empty folder")
+    p.add_argument("--resume", action="store_true", help="reuse the finished runs of an interrupted comparison")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the judging (each run uses 1)")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("sample", help="sample images from a diffusion prior into a PNG grid")
     p.add_argument("prompt", help='e.g. "a red mug" or "a red mug, back view"')
