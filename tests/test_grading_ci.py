@@ -246,10 +246,10 @@ def test_exit_status_is_2_when_the_grader_fails(tmp_path, monkeypatch, capsys):
     solution = write(nbformat.read(WARMUP, as_version=4), tmp_path / "00_warmup.ipynb")
     argv = ["grade", str(solution), "--solutions", str(FIXTURES / "solutions"), "--min-score", "0"]
 
-    async def no_kernel(sources, notebook, limits, confinement):
+    async def no_kernel(cells, notebook, master, limits, confinement):
         raise RuntimeError("Kernel didn't respond in 60 seconds")
 
-    monkeypatch.setattr(grader, "run_cells", no_kernel)
+    monkeypatch.setattr(grader, "run_notebook", no_kernel)
     assert main([*argv, "--junit", str(tmp_path / "grades.xml")]) == 2
     [case] = ET.parse(tmp_path / "grades.xml").getroot().iter("testcase")
     assert "Kernel didn't respond" in case.find("error").get("message")

@@ -209,7 +209,7 @@ def test_the_batch_survives_and_the_honest_notebook_scores_as_alone(hostile):
     assert (honest["score"], honest["errors"]) == (3, [])
     assert run.stdout.startswith("sandbox: own session, memory limit, unprivileged user, process limit, private "
                                  "file system, private process table, no network\n")
-    assert honest["sandbox"] == jail.probe().as_dict()
+    assert honest["sandbox"] == {**jail.probe().as_dict(), "tests_in_kernel": {}}
 
 
 @confined_only
@@ -265,29 +265,128 @@ def test_without_root_the_grader_says_which_protections_are_missing(tmp_path, mo
     assert "the grader does not run as root" in entry["sandbox"]["missing"][0]
 
 
-# --- tests out of reach: not yet (THREAT_MODEL.md) --------------------------------------------------------------
+# --- tests out of reach (THREAT_MODEL.md) ----------------------------------------------------------------------
 
-CHEATS = {  # an unanswered copy plus one cheating answer cell; an honest grader gives each 0 points
+STUBS = "exclusive_cumprod = softplus = lambda x, beta=1.0: x"  # answers that are wrong, whatever the tests see
+FAKE_RESPONDER = """
+import sys, types
+from text3d_edu.grading import channel as real
+fake = types.ModuleType('_t3d_channel')
+def serve(path, namespace):
+    import socket
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    while True:
+        header, _, _ = real.receive(sock)
+        if header.get('op') != 'call':
+            return sock.close()
+        if header['name'] == 'exclusive_cumprod':  # ask the grader to run the test in this kernel instead
+            real.send(sock, {'op': 'raise', 'ename': 'Refused', 'evalue': 'run me in the kernel'})
+        else:  # an object of the kernel, or data that does not exist
+            real.send(sock, {'op': 'return', 'value': [{'__ref__': 'np'}, {'__tensor__': 't0'}]})
+fake.serve = serve
+sys.modules['_t3d_channel'] = fake
+"""
+CHEATS = {  # an unanswered copy plus one cheating answer cell; each earns full marks from a same-kernel grader
     "rewrites_later_cells": "get_ipython().input_transformers_cleanup.append(lambda lines: ['pass\\n'])",
     "patches_numpy": (
         "np.allclose = np.isclose = lambda *args, **kwargs: True\n"
         "exclusive_cumprod = softplus = lambda x, beta=1.0: np.zeros_like(x)"
     ),
+    "replaces_sys_modules": (
+        "import sys, types\nfake = types.ModuleType('numpy')\nfake.__dict__.update(vars(np))\n"
+        "fake.allclose = fake.isclose = fake.isfinite = lambda *args, **kwargs: True\n"
+        f"sys.modules['numpy'] = fake\nimport numpy as np\n{STUBS}"
+    ),
+    "patches_builtins": (  # the tests' `np` is looked up in builtins once the global is gone
+        "import builtins, types\n"
+        "builtins.np = types.SimpleNamespace(**{**vars(np), 'random': np.random, 'allclose': lambda *a, **k: True,\n"
+        "                                       'isclose': lambda *a, **k: True, 'isfinite': lambda *a, **k: True})\n"
+        f"del np\n{STUBS}"
+    ),
+    "strips_asserts_from_later_cells": (  # the test cells' source, edited as IPython compiles it
+        "import ast\nclass NoAsserts(ast.NodeTransformer):\n"
+        "    def visit_Assert(self, node):\n        return ast.Pass()\n"
+        f"get_ipython().ast_transformers.append(NoAsserts())\n{STUBS}"
+    ),
+    "fake_responder": FAKE_RESPONDER,
 }
 
 
 @pytest.fixture(scope="module")
 def cheats(tmp_path_factory) -> dict[str, grader.SubmissionResult]:
+    """Each cheat in a blank copy of the warm-up, graded in one batch beside the model answer."""
     root = tmp_path_factory.mktemp("cheats")
     paths = {}
     for name, source in CHEATS.items():
         blank = exercises.student_copy(nbformat.read(WARMUP, as_version=4), "00_warmup")
         cell(blank, "exclusive_cumprod").source = source
         paths[name] = write(blank, root / name / "00_warmup.ipynb")
-    return dict(zip(paths, grader.grade_notebooks(paths.values(), solutions=SOLUTIONS)))
+    paths["honest"] = write(model_answer(WARMUP), root / "honest" / "00_warmup.ipynb")
+    results = dict(zip(paths, grader.grade_notebooks(paths.values(), solutions=SOLUTIONS, jobs=2)))
+    results["honest alone"] = grader.grade_notebooks([paths["honest"]], solutions=SOLUTIONS)[0]
+    return results
 
 
-@pytest.mark.xfail(strict=True, reason="the hidden tests still run in the student's kernel (THREAT_MODEL.md)")
 @pytest.mark.parametrize("name", list(CHEATS))
 def test_a_cheating_answer_cell_earns_nothing(name, cheats):
-    assert cheats[name].score == 0, [(q.grade_id, q.score) for q in cheats[name].questions]
+    result = cheats[name]
+    assert result.graded and result.score == 0, [(q.grade_id, q.score, q.message) for q in result.questions]
+    assert result.sandbox["tests_in_kernel"] == {}  # no test ran in the student's kernel
+
+
+def test_the_honest_notebook_beside_the_cheats_scores_as_alone(cheats):
+    honest, alone = cheats["honest"].as_dict(), cheats["honest alone"].as_dict()
+    assert {**honest, "notebook": ""} == {**alone, "notebook": ""}
+    assert (honest["score"], honest["errors"]) == (3, [])
+
+
+def test_a_responder_that_was_skipped_is_named_in_the_feedback(cheats):
+    messages = {q.grade_id: q.message for q in cheats["rewrites_later_cells"].questions}
+    assert all("the kernel stopped answering" in message for message in messages.values()), messages
+
+
+def test_a_fake_responder_gets_no_test_run_in_the_kernel(cheats):
+    messages = {q.grade_id: q.message for q in cheats["fake_responder"].questions}
+    assert messages["exclusive_cumprod_test"] == "Refused: run me in the kernel"  # an error like any other
+    assert "returned something that is not data" in messages["softplus_test"]
+
+
+def test_monkeypatching_torch_earns_nothing(tmp_path):
+    """torch.allclose, torch.equal and Tensor.__eq__ patched in the kernel of exercise 00: the tester's torch is its
+    own, and the answers (x_t = x0, ε̂ = ε_cond) are wrong."""
+    master = REPO / "solutions" / "00_text_to_2d.ipynb"
+    blank = exercises.student_copy(nbformat.read(master, as_version=4), master.stem)
+    cell(blank, "add_noise").source = (
+        "torch.allclose = torch.equal = lambda *args, **kwargs: True\n"
+        "torch.Tensor.__eq__ = lambda self, other: True\n"
+        "def add_noise(x0, alpha_bar_t, noise):\n    return x0")
+    cell(blank, "cfg").source = "def cfg(eps_cond, eps_uncond, omega):\n    return eps_cond"
+    path = write(blank, tmp_path / "00_text_to_2d.ipynb")
+    [result] = grader.grade_notebooks([path], solutions=REPO / "solutions")
+    scores = {q.grade_id: (q.score, q.message) for q in result.questions}
+    assert scores["add_noise_test"][0] == 0 and scores["cfg_test"][0] == 0, scores
+    assert "hint: with ε = 0, x_t = √ᾱ_t · x0" in scores["add_noise_test"][1]  # the master's own hint, from the tester
+    assert result.score == 0
+
+
+def test_the_channel_carries_data_only():
+    import numpy as np
+    import torch
+
+    from text3d_edu.grading import channel
+
+    value = {"a": [1, 2.5, float("nan"), None, True, "x"], "t": (torch.arange(6).reshape(2, 3), np.float32(1.5)),
+             "n": np.ones((2, 2), dtype=np.int16), "p": torch.nn.Parameter(torch.ones(2))}
+    header, tensors, arrays = channel.encode(value)
+    back = channel.decode(json.loads(json.dumps(header)), tensors, arrays)
+    assert back["a"][:2] == [1, 2.5] and back["a"][2] != back["a"][2] and back["a"][3:] == [None, True, "x"]
+    assert torch.equal(back["t"][0], value["t"][0]) and type(back["t"][1]) is np.float32
+    assert back["n"].dtype == np.int16 and type(back["p"]) is torch.Tensor
+    for not_data in (object(), lambda: 1, np.array([object()]), {1: 2}, torch.ones(2, dtype=torch.complex64)):
+        with pytest.raises(channel.NotData):
+            channel.encode(not_data)
+    for header in ({"__ref__": "np"}, {"__callback__": 0}, {"__generator__": []}, {"__copy__": "gASVAA=="},
+                   {"__npscalar__": "O", "value": 1}):
+        with pytest.raises(channel.NotData):  # what only the tester may send: refused when it comes from a kernel
+            channel.decode(header, {}, {})

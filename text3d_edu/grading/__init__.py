@@ -7,6 +7,8 @@ Read in this order:
 * ``jail`` — what confines a kernel: its own user, namespaces, process and memory limits (``probe`` says
   which this machine allows);
 * ``sandbox`` — running untrusted cells in jailed kernels: private folder, time limits, restart after a crash;
+* ``channel`` and ``tester`` — the master's tests in a process of their own, calling the student's functions in
+  the kernel with data in and data out (``THREAT_MODEL.md``);
 * ``grader`` — a submission against its master: which cells run, how each question scores
   (``text3d-edu grade``);
 * ``progress`` — each result on disk as soon as it is graded, and ``--resume``;

@@ -8,17 +8,20 @@ For each submission:
    (given code, tests) swapped for the master's original — hidden tests included. A locked cell the student
    changed is caught by checksum against the student copy and reported; one they deleted is put back after
    the master cell that precedes it;
-3. **run them** in the sandbox (``sandbox.run_cells``: private folder, time and memory limits, restart after a
-   crash);
-4. **score**: one question = one test cell (its ``grade_id``); it earns its ``points`` when the cell ran
-   without error, else 0 and a message — the assertion's text (the hint the master wrote) or the error's
-   name and value, never the test's code;
+3. **run them**: the student's cells in the sandbox (``sandbox.KernelSession``: private folder, time and memory
+   limits, restart after a crash); the master's locked cells also in the tester (``tester.py``), a separate plain
+   Python process whose proxies call the student's functions in the kernel and get data back (``channel.py``);
+4. **score**: one question = one test cell (its ``grade_id``), run in the tester; it earns its ``points`` when the
+   cell ran without error, else 0 and a message — the assertion's text (the hint the master wrote) or the error's
+   name and value, never the test's code. A test the tester refuses (it needs what cannot cross) runs in the
+   kernel as before, and the result's ``sandbox["tests_in_kernel"]`` says which and why;
 5. **the pass mark** (``--min-score``, a ``PassMark``): a notebook reaches it with enough points, or a high
    enough share of its maximum; one that could not be graded reaches none.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import math
 from collections.abc import Callable, Iterable
@@ -28,6 +31,7 @@ from pathlib import Path
 import nbformat
 from jupyter_core.utils import run_sync
 
+from text3d_edu.grading import jail
 from text3d_edu.grading.exercises import (
     check_master,
     checksum,
@@ -37,7 +41,8 @@ from text3d_edu.grading.exercises import (
     nbgrader,
     student_source,
 )
-from text3d_edu.grading.sandbox import CellOutcome, Confinement, Limits, run_cells
+from text3d_edu.grading.sandbox import CellOutcome, Confinement, KernelSession, Limits, _bounded
+from text3d_edu.grading.tester import LOST_S, Tester
 
 
 @dataclass
@@ -57,7 +62,8 @@ class SubmissionResult:
     errors: list[str] = field(default_factory=list)  # what went wrong around the questions
     graded: bool = True  # False: nothing could be graded (unreadable file, no master, no kernel)
     grader_failed: bool = False  # True: the grader's fault (no kernel), not the submission's: exit status 2
-    sandbox: dict = field(default_factory=dict)  # the kernel's protections: jail.Protections.as_dict()
+    sandbox: dict = field(default_factory=dict)  # the kernel's protections: jail.Protections.as_dict(), and
+    # "tests_in_kernel": {grade_id: why} for the tests that could not run out of the student's reach (tester.py)
 
     @property
     def score(self) -> float:
@@ -265,6 +271,81 @@ def score(master, cells: list, outcomes: list[CellOutcome]) -> list[QuestionResu
 # --- one submission, many submissions ---------------------------------------------------------------------
 
 
+def student_names(master: nbformat.NotebookNode) -> list[str]:
+    """The names the master's solution cells bind at their top level: what the tester reaches in the kernel."""
+    names = []
+    for cell in master.cells:
+        if not is_solution_cell(cell):
+            continue
+        for node in ast.parse(cell.source).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.append(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names += [n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)]
+    return sorted(set(names))
+
+
+def _serve_source(socket_path: str) -> str:
+    """The grader's cell that lets the tester call the student's functions (``channel.serve``). The student may
+    replace what it runs: then their functions answer nothing, and their tests fail."""
+    channel = Path(__file__).with_name("channel.py")
+    return ("import importlib.util as __t3d_u, sys as __t3d_sys\n"
+            "if '_t3d_channel' not in __t3d_sys.modules:\n"
+            f"    __t3d_s = __t3d_u.spec_from_file_location('_t3d_channel', {str(channel)!r})\n"
+            "    __t3d_sys.modules['_t3d_channel'] = __t3d_u.module_from_spec(__t3d_s)\n"
+            "    __t3d_s.loader.exec_module(__t3d_sys.modules['_t3d_channel'])\n"
+            f"__t3d_sys.modules['_t3d_channel'].serve({socket_path!r}, globals())")
+
+
+class _OutOfReach:
+    """Runs one notebook's cells: the student's in their kernel, the master's locked cells also in the tester,
+    whose outcome scores the tests; a test the tester refuses runs in the kernel, as before, and is reported."""
+
+    def __init__(self, session: KernelSession, tester: Tester, master: nbformat.NotebookNode):
+        self.session, self.tester, self.on = session, tester, True
+        self.originals = {nbgrader(c)["grade_id"]: c for c in master.cells if c.cell_type == "code" and nbgrader(c)}
+        self.in_kernel: dict[str, str] = {}  # the tests that ran in the student's kernel, and why
+        self.serve = _serve_source(tester.socket)
+
+    async def run(self, number: int, cell_id: str | None, source: str) -> CellOutcome:
+        original = self.originals.get(cell_id)
+        locked, test = original is not None and is_locked(original), original is not None and is_test_cell(original)
+        if not (locked and self.on):
+            outcome = await self.session.run(source)
+            if test:
+                self.in_kernel[cell_id] = self.why_off
+            return outcome
+        if not test:  # setup or run cell: the kernel's state first, then the tester's
+            own = await self.session.run(source)
+            report, served = await self._in_tester(number, source, setup=True)
+            if report["status"] == "refused":
+                self.on = False
+                self.why_off = f"locked cell '{cell_id}' could not run out of reach: {report['evalue']}"
+            return served if served.status in ("timeout", "crash") and not own.kernel_lost else own
+        report, served = await self._in_tester(number, source, setup=False)
+        if served.status in ("timeout", "crash", "not run"):
+            return served
+        if report["status"] == "refused":
+            self.in_kernel[cell_id] = report["evalue"]
+            return await self.session.run(source)
+        if report["status"] == "ok":
+            return CellOutcome("ok")
+        return CellOutcome("error", _bounded(report.get("ename", "")), _bounded(report.get("evalue", "")))
+
+    async def _in_tester(self, number: int, source: str, setup: bool) -> tuple[dict, CellOutcome]:
+        """The tester's report on a locked cell, and the outcome of the kernel's responder meanwhile."""
+        report = asyncio.ensure_future(self.tester.report(number))
+        self.tester.send({"run": number, "source": source, "setup": setup})
+        served = await self.session.run(self.serve, record=False)
+        if not report.done():
+            self.tester.send({"cancel": number})
+        try:
+            return await asyncio.wait_for(report, LOST_S), served
+        except asyncio.TimeoutError:
+            raise RuntimeError("the tester did not report a locked cell in time") from None
+
+
 async def grade_submission(path: Path, masters: dict, limits: Limits, confinement: Confinement) -> SubmissionResult:
     """Grade one notebook; whatever goes wrong is reported in its result, never raised: the file is untrusted,
     and one bad notebook must cost only its own entry in a batch."""
@@ -276,8 +357,8 @@ async def grade_submission(path: Path, masters: dict, limits: Limits, confinemen
     except Exception as err:
         return not_graded(path, exercise, err)
     try:
-        outcomes = await run_cells([source for _, source in cells], Path(path), limits, confinement)
-    except Exception as err:  # no kernel: nothing ran, and not the student's doing
+        outcomes, in_kernel = await run_notebook(cells, Path(path), masters[exercise], limits, confinement)
+    except Exception as err:  # no kernel or no tester: nothing ran, and not the student's doing
         return not_graded(path, exercise, err, grader_failed=True)
     try:
         for index, ((cell_id, _), outcome) in enumerate(zip(cells, outcomes)):
@@ -285,9 +366,24 @@ async def grade_submission(path: Path, masters: dict, limits: Limits, confinemen
                 where = f"cell '{cell_id}'" if cell_id else f"code cell {index + 1}"
                 notes.append(f"{where}: {describe(outcome)}; a new kernel re-ran the cells before it")
         return SubmissionResult(str(path), exercise, score(masters[exercise], cells, outcomes), notes,
-                                sandbox=confinement.protections.as_dict())
+                                sandbox={**confinement.protections.as_dict(), "tests_in_kernel": in_kernel})
     except Exception as err:
         return not_graded(path, exercise, err)
+
+
+async def run_notebook(cells: list, notebook: Path, master: nbformat.NotebookNode, limits: Limits,
+                       confinement: Confinement) -> tuple[list[CellOutcome], list[str]]:
+    """Each cell's outcome, the tests' from the tester; and {grade_id: why} of the tests that ran in the kernel."""
+    async with KernelSession(notebook, limits, confinement) as session:
+        tester = Tester(session.folder.root / "tester", student_names(master), session.uid,
+                        jail.kernel_environment(str(session.folder.root / "tester")))
+        try:
+            await tester.start()
+            runner = _OutOfReach(session, tester, master)
+            outcomes = [await runner.run(number, cell_id, source) for number, (cell_id, source) in enumerate(cells)]
+        finally:
+            await tester.stop()
+    return outcomes, runner.in_kernel
 
 
 def not_graded(path: Path, exercise: str | None, err: Exception, grader_failed: bool = False) -> SubmissionResult:

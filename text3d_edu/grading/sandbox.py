@@ -4,8 +4,8 @@ Each notebook gets a fresh Jupyter kernel, started through ``jail.py``'s warden:
 the kernel is an unprivileged user of its own in private namespaces, with process and memory limits, and cannot
 signal the grader, read the masters or other submissions, or write outside its folder (``jail.py`` says how and
 what it leaves open); elsewhere it still has its own session and a memory limit, and every result says which
-protections were missing. What the jail does not do: the master's tests run in this same kernel, after the
-student's cells, so an answer cell can still rewrite or fake them (``THREAT_MODEL.md``). On top of the jail, this
+protections were missing. The master's tests do not run here but in the tester (``tester.py``), which calls the
+student's functions in this kernel through ``channel.serve`` (``THREAT_MODEL.md``). On top of the jail, this
 module contains what broken student code does:
 
 * **files** — the kernel starts in a temporary folder of its own (``work/``, also its ``HOME``) holding a copy of
@@ -243,6 +243,55 @@ def _bounded(text: object) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+class KernelSession:
+    """A notebook's kernel for the grader: ``async with KernelSession(...) as session``, then ``await
+    session.run(source)`` cell by cell. A lost kernel is replaced by a fresh one that re-runs the completed cells
+    ``run`` recorded (``record=False``: the grader's own cells, such as the responder of ``channel.py``, are not
+    re-run). The whole notebook shares one deadline."""
+
+    def __init__(self, notebook: Path, limits: Limits, confinement: Confinement | None = None):
+        self.notebook, self.limits = Path(notebook), limits
+        self.confinement = confinement or Confinement(jail.probe(), (self.notebook.parent,), (self.notebook,))
+        self.history: list[tuple[str, CellOutcome]] = []
+        self.kernel: _Kernel | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> KernelSession:
+        self.deadline = time.monotonic() + self.limits.notebook_timeout
+        stack = self._stack
+        try:
+            self.uid = stack.enter_context(jail.claim_uid()) if self.confinement.protections.confined else None
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="text3d-grade-", ignore_cleanup_errors=True))
+            self.folder = _Folder(Path(tmp), self.notebook, self.uid)
+            self.kernel = await _Kernel(self.folder, self.limits, self.confinement).start()
+            stack.push_async_callback(self._stop)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._stack.aclose()
+
+    async def _stop(self) -> None:
+        await self.kernel.stop()
+
+    def budget(self) -> float:
+        return min(self.limits.cell_timeout, self.deadline - time.monotonic())
+
+    async def run(self, source: str, record: bool = True) -> CellOutcome:
+        budget = self.budget()
+        if budget <= 0:
+            return CellOutcome("not run", evalue=f"{self.limits.notebook_timeout:g} s")
+        outcome = await self.kernel.run(source, budget)
+        if record:
+            self.history.append((source, outcome))
+        if outcome.kernel_lost:
+            replay = [src for src, done in self.history if done.completed]
+            self.kernel = await _replace(self.kernel, replay, self.deadline)
+        return outcome
+
+
 async def run_cells(sources: list[str], notebook: Path, limits: Limits,
                     confinement: Confinement | None = None) -> list[CellOutcome]:
     """Execute ``sources`` in order next to a copy of ``notebook`` in a fresh temporary folder, in kernels
@@ -250,28 +299,8 @@ async def run_cells(sources: list[str], notebook: Path, limits: Limits,
 
     Returns one ``CellOutcome`` per source. A kernel that fails to start raises: nothing could be graded.
     """
-    confinement = confinement or Confinement(jail.probe(), (Path(notebook).parent,), (Path(notebook),))
-    deadline = time.monotonic() + limits.notebook_timeout
-    outcomes: list[CellOutcome] = []
-    with contextlib.ExitStack() as stack:
-        uid = stack.enter_context(jail.claim_uid()) if confinement.protections.confined else None
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="text3d-grade-", ignore_cleanup_errors=True))
-        folder = _Folder(Path(tmp), notebook, uid)
-        kernel = await _Kernel(folder, limits, confinement).start()
-        try:
-            for source in sources:
-                budget = min(limits.cell_timeout, deadline - time.monotonic())
-                if budget <= 0:
-                    outcomes.append(CellOutcome("not run", evalue=f"{limits.notebook_timeout:g} s"))
-                    continue
-                outcome = await kernel.run(source, budget)
-                outcomes.append(outcome)
-                if outcome.kernel_lost:
-                    replay = [src for src, done in zip(sources, outcomes) if done.completed]
-                    kernel = await _replace(kernel, replay, deadline)
-        finally:
-            await kernel.stop()
-    return outcomes
+    async with KernelSession(notebook, limits, confinement) as session:
+        return [await session.run(source) for source in sources]
 
 
 async def _replace(kernel: _Kernel, replay: list[str], deadline: float) -> _Kernel:
