@@ -212,6 +212,20 @@ def _cmd_train_dreamstone(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_sdfusion(args: argparse.Namespace) -> int:
+    from text3d_edu.sdfusion.train import train_sdfusion
+
+    stats = _train(args, "train-sdfusion", train_sdfusion, ["vqvae_steps", "unet_steps", "objects", "seed", "threads"],
+                   vqvae_steps=args.vqvae_steps, unet_steps=args.unet_steps, n_objects=args.objects)
+    if stats is None:
+        return 1
+    measured = stats["measured"]
+    print(f"trained in {stats['train_minutes_cpu']:.1f} min (held-out VQ-VAE IoU {measured['vqvae_iou']:.2f}, text "
+          f"→ shape kind {measured['text_kind_acc']:.2f}, completion IoU {measured['completion_iou']:.2f}); weights "
+          f"and sdfusion.json written to {args.weights_dir or 'text3d_edu/weights'}")
+    return 0
+
+
 def _cmd_train_judge(args: argparse.Namespace) -> int:
     from text3d_edu.cnn_judge import train_cnn_judge
 
@@ -318,12 +332,18 @@ def generate_guidance(backend: str, guidance: float | None = None, method: str =
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    given = {"--partial": args.partial is not None, "--keep": args.keep is not None, "--image": args.image is not None}
+    if args.method != "sdfusion" and any(given.values()):
+        raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: options of --method sdfusion only (got "
+                         f"--method {args.method})")
     if args.method == "point-e":
         return _generate_point_e(args)
     if args.method == "magic3d":
         return _generate_magic3d(args)
     if args.method == "dreamstone":
         return _generate_dreamstone(args)
+    if args.method == "sdfusion":
+        return _generate_sdfusion(args)
     if args.coarse_steps is not None:
         raise ValueError(f"--coarse-steps applies to --method magic3d only (got --method {args.method})")
     import torch
@@ -415,6 +435,35 @@ def _generate_dreamstone(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_sdfusion(args: argparse.Namespace) -> int:
+    import torch
+
+    from text3d_edu.sdfusion.pipeline import SampleConfig, generate_sdfusion
+
+    torch.set_num_threads(args.threads)
+    given = {"--particles": args.particles is not None, "--resume": args.resume,
+             "--no-view-prompt": args.no_view_prompt, "--backend": args.backend != "pocket",
+             "--coarse-steps": args.coarse_steps is not None}
+    _reject_options(given, "sdfusion", "samples a shape with the SDFusion models (it takes --steps for DDIM, "
+                    "--guidance for the text's s_i, --partial and --keep, --image, --seed, --out, --threads)")
+    if args.keep is not None and args.partial is None:
+        raise ValueError("--keep names the half of the --partial shape to keep: give --partial CAPTION too")
+    config = SampleConfig(**({"steps": args.steps} if args.steps is not None else {}))
+    if args.guidance is not None:
+        config.scales["text"] = args.guidance
+    try:
+        _, metrics = generate_sdfusion(args.prompt, args.out, config, seed=args.seed, partial=args.partial,
+                                       keep=args.keep or "left", image=args.image)
+    except FileNotFoundError as err:  # no SDFusion weights: say how to train them
+        print(f"text3d-edu generate: {err}", file=sys.stderr)
+        return 2
+    judged = ", ".join(f"{k} {metrics[k]}" for k in ("kind_acc", "colour_acc", "clip_rprecision"))
+    print(f"{args.prompt!r} (sdfusion, {metrics['steps']} DDIM steps, {metrics['seconds']:.1f} s): shape judged a "
+          f"{metrics['shape']['kind']} (IoU {metrics['shape']['iou']}); {judged}; views.png, turntable.gif, "
+          f"mesh.glb and metrics.json in {args.out}")
+    return 0
+
+
 def _generate_magic3d(args: argparse.Namespace) -> int:
     import torch
 
@@ -476,13 +525,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="text → 3D by distillation: Dream Fields (clip), DreamFusion (sds), "
                                         "ProlificDreamer (vsd), Magic3D (magic3d); or by Point-E's sampler "
-                                        "(point-e)")
+                                        "(point-e), DreamStone (dreamstone), SDFusion (sdfusion)")
     p.add_argument("prompt", help='e.g. "a red mug"')
-    p.add_argument("--method", choices=["sds", "sds-jacobian", "clip", "vsd", "magic3d", "point-e", "dreamstone"],
+    p.add_argument("--method", choices=["sds", "sds-jacobian", "clip", "vsd", "magic3d", "point-e", "dreamstone",
+                                        "sdfusion"],
                    default="sds",
                    help="magic3d: a coarse SDS field, then a textured mesh refined by SDS with the pocket latent "
                         "prior; point-e samples a cloud (text → image → cloud) instead of optimising a field; "
-                        "dreamstone maps CLIP's text feature to a shape (stage 1) and refines the mapper (stage 2)")
+                        "dreamstone maps CLIP's text feature to a shape (stage 1) and refines the mapper (stage 2); "
+                        "sdfusion samples an SDF by latent diffusion (text, and optionally --partial, --image)")
+    p.add_argument("--partial", default=None,
+                   help="sdfusion: complete half of this Pocket World object (a caption, e.g. 'a red chair')")
+    p.add_argument("--keep", choices=["left", "right", "bottom", "top", "back", "front"], default=None,
+                   help="sdfusion: the half of --partial that is known (default left)")
+    p.add_argument("--image", default=None, help="sdfusion: a picture (PNG) whose pocket-CLIP features also guide")
     p.add_argument("--particles", type=int, default=None,
                    help="VSD's number of 3D scenes n (default 2), optimised together")
     p.add_argument("--out", default="outputs/generate")
@@ -607,6 +663,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.set_defaults(func=_cmd_train_dreamstone)
+
+    p = sub.add_parser("train-sdfusion", help="train SDFusion on the Pocket World: the 3D VQ-VAE on 32³ SDF grids, "
+                       "then the latent U-Net with text, image and partial-shape conditions")
+    p.add_argument("--out", default="runs/sdfusion", help="checkpoints and the cached grids and renders")
+    p.add_argument("--weights-dir", default=None, help="where the safetensors go (default: the package's)")
+    p.add_argument("--vqvae-steps", type=int, default=600)
+    p.add_argument("--unet-steps", type=int, default=1000)
+    p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (4 renders each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.set_defaults(func=_cmd_train_sdfusion)
 
     p = sub.add_parser("train-judge", help="train the second judge, a CNN that names kind and colour of 32×32 "
                        "renders (no object for blobs), on ground-truth Pocket World renders")

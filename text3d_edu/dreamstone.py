@@ -246,8 +246,9 @@ def text_features(clip, prompt: str) -> Tensor:
     vocabulary = getattr(clip, "vocabulary", None)
     unknown = unknown_words(prompt, vocabulary) if vocabulary else []
     if unknown:
-        raise ValueError(f"the pocket CLIP never saw the words {unknown}; DreamStone's mapper knows only the "
-                         f"Pocket World's vocabulary: {', '.join(sorted(vocabulary))}")
+        raise ValueError(f"the pocket CLIP never saw the words {unknown}; the models that read its text features "
+                         f"(DreamStone's mapper, SDFusion's U-Net) know only the Pocket World's vocabulary: "
+                         f"{', '.join(sorted(vocabulary))}")
     return F.normalize(clip.encode_text([prompt]), dim=-1)
 
 
