@@ -170,8 +170,8 @@ def test_training_writes_weights_and_the_measured_record(trained):
         "vqvae_iou", "text_kind_acc", "completion_iou", "sample_seconds"}
     assert json.loads((weights / pipeline.STATS_FILE).read_text())["train_minutes_cpu"] == stats["train_minutes_cpu"]
     vqvae, unet = train.load_sdfusion(weights)
-    assert vqvae.config == TINY_VQ and vqvae.latent_scale.item() == pytest.approx(stats["sizes"]["latent_scale"],
-                                                                                   abs=1e-3)
+    assert vqvae.config == TINY_VQ and vqvae.latent_std.mean().item() == pytest.approx(
+        stats["sizes"]["latent_std_mean"], abs=1e-3)
     assert not any(p.requires_grad for p in unet.parameters())
 
 
@@ -219,3 +219,4 @@ def test_other_methods_reject_sdfusions_options(tmp_path, capsys):
     assert main(["generate", "a red mug", "--method", "point-e", "--partial", "a red mug", "--out",
                  str(tmp_path)]) == 2
     assert "--partial: options of --method sdfusion only" in capsys.readouterr().err
+

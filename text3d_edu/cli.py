@@ -669,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/sdfusion", help="checkpoints and the cached grids and renders")
     p.add_argument("--weights-dir", default=None, help="where the safetensors go (default: the package's)")
     p.add_argument("--vqvae-steps", type=int, default=600)
-    p.add_argument("--unet-steps", type=int, default=1000)
+    p.add_argument("--unet-steps", type=int, default=1400)
     p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (4 renders each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

@@ -2,9 +2,10 @@
 shape completion from a half-shape, any mix of them (multi-modal guidance), the judge's figures, and
 ``text3d-edu generate PROMPT --method sdfusion``.
 
-A latent z of the VQ-VAE is divided by ``VQVAE.latent_scale`` before the diffusion sees it and multiplied back before
-decoding. Shapes come out uncoloured (SDFusion generates geometry only); ``generate_sdfusion`` paints them with the
-rule in ``colour_grid``: the prompt's colour (``toyworld.COLOURS``) everywhere.
+A latent z of the VQ-VAE is standardised, (z − μ) / σ (``VQVAE.latent_mean`` / ``latent_std``), before the diffusion
+sees it, and mapped back before decoding. Shapes come out uncoloured (SDFusion generates geometry only);
+``generate_sdfusion`` paints them with the rule in ``colour_grid``: the prompt's colour (``toyworld.COLOURS``)
+everywhere.
 """
 
 from __future__ import annotations
@@ -41,14 +42,15 @@ class SampleConfig:
 
 @torch.no_grad()
 def encode(vqvae: VQVAE, sdf: Tensor, batch: int = 64) -> Tensor:
-    """Unit-variance latents z / latent_scale of SDF grids (N, R, R, R) → (N, 3, R/4, R/4, R/4)."""
-    return torch.cat([vqvae.encode(chunk) for chunk in sdf.split(batch)]) / vqvae.latent_scale
+    """Standardised latents (z − μ) / σ of SDF grids (N, R, R, R) → (N, 3, R/4, R/4, R/4)."""
+    z = torch.cat([vqvae.encode(chunk) for chunk in sdf.split(batch)])
+    return (z - vqvae.latent_mean) / vqvae.latent_std
 
 
 @torch.no_grad()
 def decode(vqvae: VQVAE, z: Tensor) -> Tensor:
-    """Unit-variance latents (N, 3, d, d, d) → SDF grids (N, R, R, R) (quantised, then decoded)."""
-    return vqvae.decode(z * vqvae.latent_scale)
+    """Standardised latents (N, 3, d, d, d) → SDF grids (N, R, R, R) (z = σ·latent + μ quantised, then decoded)."""
+    return vqvae.decode(z * vqvae.latent_std + vqvae.latent_mean)
 
 
 def partial_sdf(sdf: Tensor, keep: str) -> Tensor:
@@ -58,7 +60,7 @@ def partial_sdf(sdf: Tensor, keep: str) -> Tensor:
 
 def partial_condition(vqvae: VQVAE, sdf: Tensor, keep: str) -> tuple[Tensor, Tensor, Tensor]:
     """The partial-shape condition of SDF grids (B, R, R, R) cut to the half ``keep``: (the condition
-    (B, 4, d, d, d) = the half-shape's unit-variance latent on the kept half and the mask m, the known latent
+    (B, 4, d, d, d) = the half-shape's standardised latent on the kept half and the mask m, the known latent
     (B, 3, d, d, d), the latent cells DDIM keeps (1, 1, d, d, d): m without its layer of cells at the cut, whose
     latent the missing half would change)."""
     known = encode(vqvae, partial_sdf(sdf, keep))

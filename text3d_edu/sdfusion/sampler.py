@@ -62,7 +62,7 @@ def ddim_sample(unet: LatentUNet, shape: tuple[int, ...], conditions: dict[str, 
                 known_mask: Tensor | None = None) -> Tensor:
     """DDIM (η = 0) from z_T ~ N(0, I) of ``shape`` (B, C, d, d, d) to ẑ_0, guided by ``guided_epsilon``.
 
-    Completion: with ``known`` (B, C, d, d, d), a unit-variance latent, and ``known_mask`` (B, 1, d, d, d) (1 where
+    Completion: with ``known`` (B, C, d, d, d), a standardised latent, and ``known_mask`` (B, 1, d, d, d) (1 where
     known), before each step z_t ← m ⊙ q(known, t) + (1 − m) ⊙ z_t, with q(known, t) the known latent noised to t
     by the same ε each step draws; at the end m ⊙ known replaces ẑ_0's known region."""
     a_bar = alphas_cumprod()

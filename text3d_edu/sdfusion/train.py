@@ -34,7 +34,8 @@ DROP = {"text": 0.5, "image": 0.5, "partial": 0.5}  # each condition's probabili
 
 def train_vqvae(config: VQVAEConfig, sdf: torch.Tensor, steps: int, seed: int, out: Path, resume: bool,
                 batch_size: int = 16, lr: float = 1e-3, checkpoint_every: int = 250) -> tuple[VQVAE, float]:
-    """The VQ-VAE on random batches of the SDF grids (N, R, R, R); returns (model with its latent scale, loss)."""
+    """The VQ-VAE on random batches of the SDF grids (N, R, R, R); returns (model with its latent statistics μ, σ
+    (``set_latent_statistics``), loss)."""
     torch.manual_seed(seed)
     model = VQVAE(config)
     accelerator, optimizer, lr_scheduler = _training_setup(model, lr, steps)
@@ -44,10 +45,17 @@ def train_vqvae(config: VQVAEConfig, sdf: torch.Tensor, steps: int, seed: int, o
 
     result = training_loop("sdfusion_vqvae", PHASE_IDS["vqvae"], accelerator, model, optimizer, lr_scheduler, steps,
                            loss_fn, out, seed, resume, checkpoint_every)
-    model = result["model"].eval()
-    with torch.no_grad():
-        model.latent_scale.fill_(torch.cat([model.encode(chunk) for chunk in sdf.split(64)]).std())
-    return model, result["loss"]
+    return set_latent_statistics(result["model"].eval(), sdf), result["loss"]
+
+
+@torch.no_grad()
+def set_latent_statistics(vqvae: VQVAE, sdf: torch.Tensor) -> VQVAE:
+    """Store μ and σ (3, d, d, d) of the latents of the grids (N, R, R, R) in the VQ-VAE; σ at least 0.01 (a cell
+    whose latent never changes is not amplified)."""
+    z = torch.cat([vqvae.encode(chunk) for chunk in sdf.split(64)])  # (N, 3, d, d, d)
+    vqvae.latent_mean.copy_(z.mean(dim=0))
+    vqvae.latent_std.copy_(z.std(dim=0).clamp_min(0.01))
+    return vqvae
 
 
 def partial_latents(vqvae: VQVAE, sdf: torch.Tensor) -> torch.Tensor:
@@ -58,7 +66,7 @@ def partial_latents(vqvae: VQVAE, sdf: torch.Tensor) -> torch.Tensor:
 def train_unet(config: UNetConfig, z: torch.Tensor, partial: torch.Tensor, text: torch.Tensor, image: torch.Tensor,
                steps: int, seed: int, out: Path, resume: bool, batch_size: int = 32, lr: float = 1e-3,
                ema_decay: float = 0.999, checkpoint_every: int = 250) -> tuple[LatentUNet, float]:
-    """The latent U-Net: z (N, 3, d, d, d) unit-variance latents, partial (N, 6, 4, d, d, d) conditions, text
+    """The latent U-Net: z (N, 3, d, d, d) standardised latents, partial (N, 6, 4, d, d, d) conditions, text
     (N, E) caption features, image (N, V, E) render features; returns (EMA U-Net, smoothed loss)."""
     from diffusers.training_utils import EMAModel
 
@@ -88,7 +96,7 @@ def train_unet(config: UNetConfig, z: torch.Tensor, partial: torch.Tensor, text:
 
 
 def save_model(model: VQVAE | LatentUNet, path: str | Path) -> None:
-    """The model as float16 safetensors, its config in the metadata (the VQ-VAE's latent scale is a buffer)."""
+    """The model as float16 safetensors, its config in the metadata (the VQ-VAE's latent μ, σ are buffers)."""
     save_weights(model, Path(path), asdict(model.config))
 
 
@@ -112,7 +120,7 @@ def load_sdfusion(weights_dir: str | Path | None = None) -> tuple[VQVAE, LatentU
 
 
 def train_sdfusion(out_dir: str | Path = "runs/sdfusion", weights_dir: str | Path | None = None,
-                   vqvae_steps: int = 600, unet_steps: int = 1000, n_objects: int = 1040, heldout_objects: int = 104,
+                   vqvae_steps: int = 600, unet_steps: int = 1400, n_objects: int = 1040, heldout_objects: int = 104,
                    seed: int = 0, resume: bool = False, threads: int = 1, workers: int = 1,
                    checkpoint_every: int = 250, command: str = "", vqvae_config: VQVAEConfig | None = None,
                    unet_config: UNetConfig | None = None, completions: int | None = 26,
@@ -162,7 +170,7 @@ def train_sdfusion(out_dir: str | Path = "runs/sdfusion", weights_dir: str | Pat
              "steps": {"vqvae": vqvae_steps, "unet": unet_steps}, "drop": DROP,
              "data": {"objects": n_objects, "heldout_objects": heldout_objects, "grid": vqvae_config.grid},
              "sizes": {"vqvae": asdict(vqvae_config), "unet": asdict(unet_config),
-                       "latent_scale": round(vqvae.latent_scale.item(), 4)},
+                       "latent_std_mean": round(vqvae.latent_std.mean().item(), 4)},
              "parameters": {"vqvae": sum(p.numel() for p in vqvae.parameters()),
                             "unet": sum(p.numel() for p in unet.parameters())},
              "minutes": {k: round(v, 2) for k, v in minutes.items()},

@@ -1,5 +1,5 @@
 """SDFusion's denoiser (Cheng et al., CVPR 2023, sec. 3.2–3.3): a small 3D U-Net ε_θ(z_t, t, c) on the VQ-VAE's
-latent z (3 × 8³, rescaled to unit variance), trained on the latent-diffusion loss
+latent z (3 × 8³, standardised: ``vqvae``), trained on the latent-diffusion loss
 
     L(θ, {φ_i}) = E_{z, c, ε~N(0, I), t} ‖ε − ε_θ(z_t, t, F{E_φi(c_i)})‖²,     z_t = √ᾱ_t z + √(1−ᾱ_t) ε
 
