@@ -1,5 +1,6 @@
 """text3d-edu compare (lecture 10): every method run as a student runs it, every result judged by the same code."""
 
+import dataclasses
 import json
 
 import pytest
@@ -19,6 +20,21 @@ def test_every_method_of_generate_has_a_row_with_a_place_in_the_taxonomy_and_a_c
     for method in comparison.METHODS.values():
         assert method.taxonomy in ("3DPT", "3DUT", "NO3D", "Hybrid3D")
         assert method.paper and method.paper_cost
+
+
+def test_a_method_without_shipped_weights_is_named_with_its_training_command_not_run(tmp_path, monkeypatch):
+    def no_run(*args, **kwargs):
+        raise AssertionError("a method without weights was run")
+
+    monkeypatch.setattr(comparison, "run_method", no_run)
+    unshipped = dataclasses.replace(comparison.METHODS["point-e"], weights=("point_e_nowhere.safetensors",),
+                                    train_command="text3d-edu train-pointe")
+    monkeypatch.setitem(comparison.METHODS, "point-e", unshipped)
+    with pytest.raises(ValueError, match="point-e: no weights .point_e_nowhere.safetensors.: train them with "
+                                         "text3d-edu train-pointe"):
+        comparison.compare(["a red mug"], ["point-e"], out_dir=tmp_path / "a", progress=False)
+    assert "point_e_nowhere" in comparison.markdown({"methods": [], "unavailable": {"point-e": "no weights "
+                                                                                     "(point_e_nowhere)"}})
 
 
 def test_janus_score_is_taken_at_the_object_s_best_turn():

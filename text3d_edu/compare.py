@@ -62,6 +62,15 @@ class Method:
     full_options: tuple[str, ...]
     quick_options: tuple[str, ...]
     paper_cost: str
+    weights: tuple[str, ...] = ()  # files in text3d_edu/weights/ it needs; without them it has no row, only a note
+    train_command: str = ""
+
+    def missing_weights(self) -> list[str]:
+        """The files of ``weights`` that are not shipped (a method trained by a command the course ships, whose
+        weights no one has published yet)."""
+        from text3d_edu.priors.pocket_clip import WEIGHTS_DIR
+
+        return [name for name in self.weights if not (Path(WEIGHTS_DIR) / name).is_file()]
 
 
 # The quick options keep `compare --quick` (one prompt, one seed, every method) within lecture 10's 5 minutes on a
@@ -82,6 +91,10 @@ METHODS = {m.name: m for m in [
            "one feed-forward mapping, then a short CLIP-consistency fine-tune; no figure cited here"),
     Method("point-e", "Point-E (Nichol et al., 2022)", "Hybrid3D", "09", (), (),
            "1–2 min per object on one GPU (the paper and the lecture)"),
+    Method("sdfusion", "SDFusion (Cheng et al., CVPR 2023)", "3DPT", "07", (), (),
+           "one denoising run of a trained latent diffusion model; no figure cited here",
+           weights=("sdfusion_vqvae.safetensors", "sdfusion_unet.safetensors"),
+           train_command="text3d-edu train-sdfusion"),
 ]}
 QUICK_PROMPTS = ["a brown house"]
 PROMPTS = ["a brown house", "a red mug", "a blue table", "a yellow traffic cone"]
@@ -188,7 +201,8 @@ def _mean(values) -> float | None:
 
 def compare(prompts: list[str] | None = None, methods: list[str] | None = None, seeds: int = 1, quick: bool = False,
             out_dir: str | Path = "outputs/compare", resume: bool = False, progress: bool = True) -> dict:
-    """Run every method in ``methods`` (default all) on ``prompts`` (default ``PROMPTS``, or ``QUICK_PROMPTS``
+    """Run every method in ``methods`` (default: all whose weights are shipped; the others are listed under
+    "unavailable" with the command that trains them) on ``prompts`` (default ``PROMPTS``, or ``QUICK_PROMPTS``
     with ``quick``) with the seeds 0…``seeds``−1, judge the results alike, write compare.json / .csv / .md into
     ``out_dir``, which must be empty or new; ``resume`` reuses the runs an interrupted comparison finished there
     (each run's time and memory are kept in its folder's compare_run.json). Returns {"methods": one summary row
@@ -197,10 +211,14 @@ def compare(prompts: list[str] | None = None, methods: list[str] | None = None, 
     from text3d_edu.priors import load_clip
 
     prompts = prompts or (QUICK_PROMPTS if quick else PROMPTS)
-    methods = methods or list(METHODS)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods or [] if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method {', '.join(map(repr, unknown))}: choose from {', '.join(METHODS)}")
+    unavailable = {name: f"no weights ({', '.join(m.missing_weights())}): train them with {m.train_command}"
+                   for name, m in METHODS.items() if m.missing_weights()}
+    if methods and set(methods) & set(unavailable):
+        raise ValueError("; ".join(f"{name}: {unavailable[name]}" for name in methods if name in unavailable))
+    methods = methods or [name for name in METHODS if name not in unavailable]
     for prompt in prompts:
         toyworld.parse_caption(prompt)  # a clear error for a prompt outside the Pocket World, before any run
     if seeds < 1:
@@ -238,7 +256,7 @@ def compare(prompts: list[str] | None = None, methods: list[str] | None = None, 
         results += mine
         spreads += spread
     table = {"prompts": prompts, "seeds": seeds, "quick": quick, "methods": rows, "results": results,
-             "diversity": spreads}
+             "diversity": spreads, "unavailable": unavailable}
     write_tables(table, out)
     return table
 
@@ -254,6 +272,7 @@ def markdown(table: dict) -> str:
         cells = [row["method"], row["taxonomy"], *("—" if row[k] is None else f"{row[k]:g}" for k in keys),
                  row["paper_cost"]]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"\n{name}: not run, {why}." for name, why in table.get("unavailable", {}).items()]
     return "\n".join(lines) + "\n"
 
 
