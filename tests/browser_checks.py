@@ -38,9 +38,14 @@ class ConsoleErrors(list):
     """Every JavaScript error a page reports: uncaught exceptions and console.error, minus the benign ones."""
 
     def watch(self, page):
-        page.on("pageerror", lambda exc: self.append(f"uncaught: {str(exc).splitlines()[0][:300]}"))
+        page.on("pageerror", self._on_uncaught)
         page.on("console", self._on_console)
         return page
+
+    def _on_uncaught(self, exc):
+        frames = [line.strip() for line in (exc.stack or "").splitlines() if line.strip().startswith("at ")]
+        where = f" ({frames[0][:200]})" if frames else ""  # the script it came from: a notebook's output or Lab's
+        self._add(f"uncaught: {str(exc).splitlines()[0][:300]}{where}")
 
     def _on_console(self, msg):
         if msg.type != "error":
@@ -48,8 +53,11 @@ class ConsoleErrors(list):
         where = (msg.location or {}).get("url", "")
         first_line = msg.text.splitlines()[0][:300] if msg.text else ""  # a stack trace adds nothing to find it
         text = f"{first_line} ({where})" if where else first_line
+        self._add(f"console.error: {text}")
+
+    def _add(self, text):
         if not any(noise in text for noise in BENIGN_CONSOLE_ERRORS):
-            self.append(f"console.error: {text}")
+            self.append(text)
 
 
 def screenshot(page, name: str) -> Path:

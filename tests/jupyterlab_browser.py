@@ -4,7 +4,8 @@
 lectures run in their own folder, as a student runs them), with settings that keep the test honest and the files
 untouched: no autosave (the stored notebooks are not overwritten by the browser's run), no windowing (every cell's
 output is in the page, not only the visible ones), no news or update checks. ``NotebookPage.check`` opens one notebook
-in a Chromium page, optionally runs it with JupyterLab's own "Run All Cells" command, and returns what went wrong.
+in a Chromium page, optionally runs it with JupyterLab's own "Run All Cells" command, and returns what went wrong;
+``notebook_page`` is the pytest fixture that gives a test module both.
 """
 
 import json
@@ -16,7 +17,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from browser_checks import ARTEFACTS, PLOTLY_MIME, REPO, WIDGET_MIME, ConsoleErrors, screenshot
+import pytest
+from browser_checks import ARTEFACTS, PLOTLY_MIME, REPO, WIDGET_MIME, ConsoleErrors, chromium_path, screenshot
+from playwright.sync_api import sync_playwright
 
 SETTINGS = {  # user settings, one file per plugin, written into a fresh settings folder
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
@@ -144,16 +147,37 @@ CLOSE = """async () => {
 
 
 class NotebookPage:
-    """One Chromium page on a JupyterLab; ``check`` opens a notebook in it, runs it or not, and reports."""
+    """Chromium on a JupyterLab; ``check`` opens a notebook in a page of its own, runs it or not, and reports.
 
-    def __init__(self, browser, lab: JupyterLab):
+    A page per notebook, as a student opens one: a page reused across notebooks collected JavaScript errors from
+    the figures of notebooks closed before (uncaught "reading 'removeChild'" in the next notebook's run).
+    """
+
+    def __init__(self, browser, lab: JupyterLab, log: Path):
+        self.browser, self.lab = browser, lab
+        self.log = log  # one JSON line per check: the notebook, its problems, its seconds
+        self.log.unlink(missing_ok=True)
         self.errors = ConsoleErrors()
-        self.page = self.errors.watch(browser.new_page(viewport={"width": 1280, "height": 1600}))
-        self.page.goto(lab.url("lab"), wait_until="domcontentloaded", timeout=120_000)
+
+    def _open_lab(self):
+        self.errors.clear()
+        self.page = self.errors.watch(self.browser.new_page(viewport={"width": 1280, "height": 1600}))
+        self.page.goto(self.lab.url("lab"), wait_until="domcontentloaded", timeout=120_000)
         self.page.wait_for_function("() => window.jupyterapp !== undefined", timeout=120_000)
 
-    def close(self):
-        self.page.close()
+    def _wait_drawn(self, stored: bool, timeout_s: float = 60) -> dict:
+        """What INSPECT finds once every figure drew and every widget rendered, or when `timeout_s` ran out.
+
+        Renderers draw asynchronously (plotly.js loads on first use, a WebGL scene takes a while on a busy CPU);
+        a figure cleared while it is still drawing makes plotly.js throw, so nothing is run or closed before this.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.page.evaluate(INSPECT, [PLOTLY_MIME, WIDGET_MIME, stored])
+            settled = all(p["drawn"] for p in found["plotly"]) and all(w["rendered"] for w in found["widgets"])
+            if settled or time.monotonic() > deadline:
+                return found
+            self.page.wait_for_timeout(500)
 
     def check(self, path: str, run: bool, timeout_s: float = 900) -> dict:
         """Open `path` (relative to the lab's root); with `run`, run all its cells with JupyterLab's Run All.
@@ -162,32 +186,43 @@ class NotebookPage:
         means: no error output, every plotly figure drew, every ipywidget rendered (a stored one: its model is
         saved), no cell left queued, and the page logged no JavaScript error while the notebook was open.
         """
-        start, page = time.monotonic(), self.page
-        self.errors.clear()
+        start = time.monotonic()
+        self._open_lab()
+        page = self.page
         if page.evaluate(OPEN, path) is None:
+            page.close()
             return {"problems": [f"{path}: no kernel started"], "seconds": time.monotonic() - start}
         if run:
+            self._wait_drawn(stored=True)  # as a reader would: the stored outputs on screen first, then Run All
             page.evaluate(RUN_ALL)
             page.wait_for_function("() => window.__run !== 'running'", timeout=timeout_s * 1000, polling=1000)
             if page.evaluate("() => window.__run") != "done":
                 self.errors.append(f"Run All: {page.evaluate('() => window.__run')}")
-        # Renderers draw asynchronously (plotly.js is loaded on first use): give them time, then read the page.
-        deadline = time.monotonic() + 30
-        while True:
-            found = page.evaluate(INSPECT, [PLOTLY_MIME, WIDGET_MIME, not run])
-            settled = all(p["drawn"] for p in found["plotly"]) and all(w["rendered"] for w in found["widgets"])
-            if settled or time.monotonic() > deadline:
-                break
-            page.wait_for_timeout(500)
+        found = self._wait_drawn(stored=not run)
         name = Path(path).with_suffix("").as_posix().replace("/", "__") + ("" if run else "__stored")
         shot = screenshot(page, name)
+        console = list(self.errors)  # what the notebook caused; closing it (disposing its figures) is the test's doing
         page.evaluate(CLOSE)
+        page.close()
         problems = [f"error output: {e}" for e in found["errors"]]
         problems += [f"plotly figure in cell {p['cell']} did not draw" for p in found["plotly"] if not p["drawn"]]
         problems += [f"widget in cell {w['cell']} " + ("has no saved model" if not run else "did not render")
                      + f": {w['text']!r}" for w in found["widgets"] if not w["rendered"]]
         if found["pending"]:
             problems.append(f"{found['pending']} cells still queued or running")
-        problems += list(self.errors)
-        return {"problems": problems, "plotly": len(found["plotly"]), "widgets": len(found["widgets"]),
-                "seconds": round(time.monotonic() - start, 1), "screenshot": shot}
+        problems += console
+        report = {"problems": problems, "plotly": len(found["plotly"]), "widgets": len(found["widgets"]),
+                  "seconds": round(time.monotonic() - start, 1), "screenshot": str(shot)}
+        with open(self.log, "a") as log:
+            log.write(json.dumps({"notebook": path, "run": run, **report}) + "\n")
+        return report
+
+
+@pytest.fixture(scope="module")
+def notebook_page(tmp_path_factory, request):
+    """A JupyterLab and a Chromium page on it for one test module, logging to outputs/browser/<module>.jsonl."""
+    with JupyterLab(tmp_path_factory.mktemp("jupyterlab")) as lab, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path())
+        page = NotebookPage(browser, lab, log=ARTEFACTS / f"{request.module.__name__}.jsonl")
+        yield page
+        browser.close()

@@ -3,15 +3,18 @@
 The table of contents (_toc.yml) must list the README's lecture map in its order, each lecture followed by its
 exercise. The build runs the README's command (`jupyter-book build .`) with its output in a temporary folder, and
 every page of the table of contents is opened in headless Chromium: it loads, logs no JavaScript error, draws each
-plotly figure (as many as its notebook stores), shows its images, and links to no missing page or anchor.
+plotly figure (as many as its notebook stores), shows its images, and links to no missing page or anchor. A small
+broken page shows that each of those checks can fail.
 """
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import plotly
 import pytest
 import yaml
 from browser_checks import REPO, chromium_path
@@ -79,3 +82,26 @@ def test_page_works_in_browser(site, browser, page):
     notebook = REPO / f"{page}.ipynb"
     if notebook.exists():  # the figures are interactive plotly, not their text fallback
         assert report["plotly"] == plotly_outputs(notebook)
+
+
+BROKEN_PAGE = """<!DOCTYPE html><html><head><script src="plotly.min.js"></script></head><body>
+<h1 id="top">A page with every fault the site test looks for</h1>
+<div id="figure" class="plotly-graph-div" style="height: 300px"></div>
+<script>Plotly.newPlot("figure", "not a list of traces", {});</script>
+<img src="missing.png" alt="no such image">
+<a href="missing.html">no such page</a> <a href="page.html#nowhere">no such anchor</a> <a href="page.html#top">fine</a>
+</body></html>"""
+
+
+@pytest.mark.browser
+def test_broken_page_fails(browser, tmp_path):
+    shutil.copyfile(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", tmp_path / "plotly.min.js")
+    (tmp_path / "page.html").write_text(BROKEN_PAGE)
+    with serve(tmp_path) as base:
+        problems = check_page(browser, base, tmp_path, "page.html")["problems"]
+    assert "plotly figure 0 did not draw" in problems
+    assert "image did not load: missing.png" in problems
+    assert f"broken link: {base}missing.html (no such file)" in problems
+    assert f"broken link: {base}page.html#nowhere (no such anchor)" in problems
+    assert not any("#top" in p for p in problems)
+    assert any(p.startswith("console.error: Failed to load resource") for p in problems)  # the missing image
