@@ -165,7 +165,7 @@ class NotebookPage:
         self.page.goto(self.lab.url("lab"), wait_until="domcontentloaded", timeout=120_000)
         self.page.wait_for_function("() => window.jupyterapp !== undefined", timeout=120_000)
 
-    def _wait_drawn(self, stored: bool, timeout_s: float = 60) -> dict:
+    def _wait_drawn(self, stored: bool, timeout_s: float = 30) -> dict:
         """What INSPECT finds once every figure drew and every widget rendered, or when `timeout_s` ran out.
 
         Renderers draw asynchronously (plotly.js loads on first use, a WebGL scene takes a while on a busy CPU);
@@ -193,7 +193,7 @@ class NotebookPage:
             page.close()
             return {"problems": [f"{path}: no kernel started"], "seconds": time.monotonic() - start}
         if run:
-            self._wait_drawn(stored=True)  # as a reader would: the stored outputs on screen first, then Run All
+            self._wait_drawn(stored=True, timeout_s=15)  # as a reader would: stored outputs on screen, then Run All
             page.evaluate(RUN_ALL)
             page.wait_for_function("() => window.__run !== 'running'", timeout=timeout_s * 1000, polling=1000)
             if page.evaluate("() => window.__run") != "done":
