@@ -13,7 +13,7 @@ import pytest
 from browser_checks import REPO
 from jupyterlab_browser import notebook_page  # noqa: F401 -- the fixture
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.browser_lectures]
 
 LECTURES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "lectures").glob("*.ipynb"))
 
