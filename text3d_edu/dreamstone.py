@@ -42,7 +42,6 @@ renders made things worse (0.81 / 0.54): the CLIP pulled the albedo towards the 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ from text3d_edu import toyworld
 from text3d_edu.cameras import sample_cameras
 from text3d_edu.fields import GridField, trilinear
 from text3d_edu.priors import data as pocket_data
-from text3d_edu.priors.train import load_weights, publish_weights, save_weights, training_loop
+from text3d_edu.priors.train import Phases, load_weights, publish_weights, save_weights, training_loop
 from text3d_edu.rendering import render_image
 from text3d_edu.world_render import lighting, sdf_grid
 
@@ -593,36 +592,23 @@ def train_dreamstone(out_dir: str | Path = "runs/dreamstone", weights_dir: str |
     config = config or DreamStoneConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    progress_file = out / "progress.json"  # minutes and losses of the finished phases, for --resume
-    progress = json.loads(progress_file.read_text()) if resume and progress_file.exists() else {}
-    minutes, losses = progress.get("minutes", {}), progress.get("loss", {})
+    phases = Phases(out, resume, "dreamstone", save_model, load_model)
     clip = load_clip("pocket")
     started = time.time()
     data = shape_dataset(n_objects, views_per_object, config.grid, seed, clip=clip, cache_dir=out / "data",
                          workers=workers, progress=True)
-    minutes["data"] = minutes.get("data", 0.0) + (time.time() - started) / 60
+    phases.add_minutes("data", started)
 
-    def phase(name: str, train) -> SVRModel | Mapper:
-        path = out / WEIGHTS[name]
-        if resume and path.exists():
-            print(f"[dreamstone_{name}] resumed: trained weights found at {path}")
-            return load_model(path, name)
-        started = time.time()
-        model, losses[name] = train()
-        save_model(model, path)
-        minutes[name] = (time.time() - started) / 60
-        progress_file.write_text(json.dumps({"minutes": minutes, "loss": losses}, indent=1))
-        return load_model(path, name)  # as shipped: rounded through float16
-
-    svr = phase("svr", lambda: train_svr(config, data, svr_steps, seed, out, resume,
-                                         checkpoint_every=checkpoint_every))
+    svr = phases.run("svr", out / WEIGHTS["svr"], lambda: train_svr(
+        config, data, svr_steps, seed, out, resume, checkpoint_every=checkpoint_every))
     codes = image_codes(svr, data["images"])
-    mapper = phase("mapper", lambda: train_mapper(config, data["features"], codes, mapper_steps, seed, out, resume,
-                                                  noise, checkpoint_every=checkpoint_every))
+    mapper = phases.run("mapper", out / WEIGHTS["mapper"], lambda: train_mapper(
+        config, data["features"], codes, mapper_steps, seed, out, resume, noise, checkpoint_every=checkpoint_every))
     stats = {"command": command, "seed": seed, "threads": threads,
              "steps": {"svr": svr_steps, "mapper": mapper_steps}, "noise": noise,
              "data": {"objects": n_objects, "views_per_object": views_per_object, "grid": config.grid},
-             "sizes": asdict(config), "minutes": {k: round(v, 2) for k, v in minutes.items()}, "loss": losses,
+             "sizes": asdict(config), "minutes": {k: round(v, 2) for k, v in phases.minutes.items()},
+             "loss": phases.losses,
              "modality_gap": modality_gap(clip, data),
              "stage1_text_to_shape": {k: v for k, v in evaluate(svr, mapper, clip).items() if k != "shapes"},
              "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"}

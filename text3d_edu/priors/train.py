@@ -79,6 +79,34 @@ def load_weights(path: Path, build):
     return model
 
 
+class Phases:
+    """The finished phases of a multi-phase training run (DreamStone's SVR then mapper, SDFusion's VQ-VAE then
+    U-Net): their minutes and final losses in ``out/progress.json``, so that ``resume`` loads a finished phase's
+    weights instead of training it again and the model card's record keeps every phase's time."""
+
+    def __init__(self, out: Path, resume: bool, tag: str, save, load):
+        self.file, self.resume, self.tag, self.save, self.load = out / "progress.json", resume, tag, save, load
+        progress = json.loads(self.file.read_text()) if resume and self.file.exists() else {}
+        self.minutes, self.losses = progress.get("minutes", {}), progress.get("loss", {})
+
+    def add_minutes(self, name: str, started: float) -> None:
+        """Count the time since ``started`` (time.time()) towards ``name`` (work redone on resume, e.g. data)."""
+        self.minutes[name] = self.minutes.get(name, 0.0) + (time.time() - started) / 60
+
+    def run(self, name: str, path: Path, train):
+        """``train() -> (model, final loss)``, saved to ``path``; a finished phase is loaded from there on resume.
+        Returns the model as shipped (``load`` of what ``save`` wrote: rounded through float16)."""
+        if self.resume and path.exists():
+            print(f"[{self.tag}_{name}] resumed: trained weights found at {path}")
+            return self.load(path, name)
+        started = time.time()
+        model, self.losses[name] = train()
+        self.save(model, path)
+        self.minutes[name] = (time.time() - started) / 60
+        self.file.write_text(json.dumps({"minutes": self.minutes, "loss": self.losses}, indent=1))
+        return self.load(path, name)
+
+
 def training_loop(phase: str, phase_id: int, accelerator, model, optimizer, lr_scheduler, steps: int, loss_fn,
           out: Path, seed: int, resume: bool, checkpoint_every: int, ema=None, after_step=None) -> dict:
     """The shared training loop: loss_fn(generator) → scalar loss; returns {"loss": last smoothed loss}."""

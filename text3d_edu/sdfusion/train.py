@@ -12,7 +12,6 @@ non-finite loss) with ``dreamstone._training_setup``'s AdamW and cosine schedule
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from text3d_edu.dreamstone import _training_setup
-from text3d_edu.priors.train import load_weights, publish_weights, save_weights, training_loop
+from text3d_edu.priors.train import Phases, load_weights, publish_weights, save_weights, training_loop
 from text3d_edu.sdfusion import pipeline
 from text3d_edu.sdfusion.data import HALVES, sdf_dataset
 from text3d_edu.sdfusion.sampler import T, add_noise, alphas_cumprod
@@ -137,34 +136,21 @@ def train_sdfusion(out_dir: str | Path = "runs/sdfusion", weights_dir: str | Pat
     vqvae_config, unet_config = vqvae_config or VQVAEConfig(), unet_config or UNetConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    progress_file = out / "progress.json"  # minutes and losses of the finished phases, for --resume
-    progress = json.loads(progress_file.read_text()) if resume and progress_file.exists() else {}
-    minutes, losses = progress.get("minutes", {}), progress.get("loss", {})
+    phases = Phases(out, resume, "sdfusion", save_model, load_model)
     clip = load_clip("pocket")
     started = time.time()
     data = sdf_dataset(n_objects, seed, clip=clip, cache_dir=out / "data", workers=workers, progress=True)
-    minutes["data"] = minutes.get("data", 0.0) + (time.time() - started) / 60
+    phases.add_minutes("data", started)
 
-    def phase(name: str, train) -> VQVAE | LatentUNet:
-        path = out / pipeline.WEIGHTS[name]
-        if resume and path.exists():
-            print(f"[sdfusion_{name}] resumed: trained weights found at {path}")
-            return load_model(path, name)
-        started = time.time()
-        model, losses[name] = train()
-        save_model(model, path)
-        minutes[name] = (time.time() - started) / 60
-        progress_file.write_text(json.dumps({"minutes": minutes, "loss": losses}, indent=1))
-        return load_model(path, name)  # as shipped: rounded through float16
-
-    vqvae = phase("vqvae", lambda: train_vqvae(vqvae_config, data["sdf"], vqvae_steps, seed, out, resume,
-                                               checkpoint_every=checkpoint_every))
+    vqvae = phases.run("vqvae", out / pipeline.WEIGHTS["vqvae"], lambda: train_vqvae(
+        vqvae_config, data["sdf"], vqvae_steps, seed, out, resume, checkpoint_every=checkpoint_every))
     started = time.time()
     z, partial = pipeline.encode(vqvae, data["sdf"]), partial_latents(vqvae, data["sdf"])
     text = pipeline.text_condition(clip, data["captions"])
-    minutes["latents"] = (time.time() - started) / 60
-    unet = phase("unet", lambda: train_unet(unet_config, z, partial, text, data["features"], unet_steps, seed, out,
-                                            resume, checkpoint_every=checkpoint_every))
+    phases.minutes["latents"] = (time.time() - started) / 60
+    unet = phases.run("unet", out / pipeline.WEIGHTS["unet"], lambda: train_unet(
+        unet_config, z, partial, text, data["features"], unet_steps, seed, out, resume,
+        checkpoint_every=checkpoint_every))
     heldout = sdf_dataset(heldout_objects, seed, held_out=True, clip=clip, cache_dir=out / "data", workers=workers)
     stats = {"command": command, "seed": seed, "threads": threads,
              "steps": {"vqvae": vqvae_steps, "unet": unet_steps}, "drop": DROP,
@@ -173,8 +159,8 @@ def train_sdfusion(out_dir: str | Path = "runs/sdfusion", weights_dir: str | Pat
                        "latent_std_mean": round(vqvae.latent_std.mean().item(), 4)},
              "parameters": {"vqvae": sum(p.numel() for p in vqvae.parameters()),
                             "unet": sum(p.numel() for p in unet.parameters())},
-             "minutes": {k: round(v, 2) for k, v in minutes.items()},
-             "train_minutes_cpu": round(sum(minutes.values()), 2), "loss": losses,
+             "minutes": {k: round(v, 2) for k, v in phases.minutes.items()},
+             "train_minutes_cpu": round(sum(phases.minutes.values()), 2), "loss": phases.losses,
              "sample_config": asdict(pipeline.SampleConfig()),
              "measured": pipeline.evaluate(vqvae, unet, clip, heldout, seed=seed, prompts=prompts,
                                           completions=completions),
