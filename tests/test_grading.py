@@ -231,6 +231,7 @@ def test_masters_and_model_answers_score_full_marks(master, graded):
         result = graded[f"{kind}/{master.stem}"]
         assert result.graded and result.errors == [], result.errors
         assert result.max_score > 0 and result.score == result.max_score, result.questions
+        assert result.sandbox["tests_in_kernel"] == {}, result.sandbox  # every test ran out of the student's reach
 
 
 @pytest.mark.parametrize("master", MASTERS, ids=lambda p: p.stem)

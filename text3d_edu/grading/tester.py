@@ -7,11 +7,16 @@ cells define is a *proxy*: calling it sends the arguments as data through ``chan
 where the grader runs ``channel.serve`` as a cell of its own, and returns the data the student's function
 returned. The assertions of the test cells then run here, on that data, with the master's own code.
 
+A model or an optimiser of the tests crosses as a *mirror*: the kernel works on its own copy (the global of the
+same name when a locked setup cell made it, else a copy pickled towards the kernel the first time it crosses),
+whose trainable parameters — or optimiser state — are set from the tester's before each call and come back after
+it; the gradients of those parameters come back like a tensor's (``Remote``). An object of a class the tests
+define crosses as a *callback object* (the kernel calls its public methods back, with data).
+
 What cannot cross, *refuses* the cell (``Refused``), and the grader then runs that test in the student's kernel
-as before and says so in the result: an argument that needs its gradient (a tensor that requires grad, or a
-shared model with trainable parameters, while autograd records), an object that no locked setup cell made (it
-cannot be named in the kernel), or anything else that is not data. Whether a cell refuses depends on the master's
-test code alone — never on what the student's functions return: a result that is not data is the student's error.
+as before and says so in the result: a model whose class the kernel cannot rebuild (one a test cell defines), or
+anything else that is not data. Whether a cell refuses depends on the master's test code alone — never on what
+the student's functions return: a result that is not data is the student's error.
 
 Protocol with the grader: one JSON line per command on stdin (``{"run": n, "source": …}``, ``{"cancel": n}``:
 the kernel's side of cell n has ended), one JSON line per cell on the grader's end of stdout
@@ -108,6 +113,10 @@ class _Session:
         for name in config["names"]:
             self.namespace[name] = _Proxy(name, self)
         self.shared: dict[int, tuple[str, object]] = {}  # id -> (name, object) made by a locked setup cell
+        self.mirrors: dict[int, tuple[object, str]] = {}  # id -> (model or optimiser, its key in the kernel)
+        self.mirror_params: dict[int, tuple[str, str]] = {}  # id of a mirrored model's parameter -> (key, name)
+        self.call_mirrors: list[tuple[object, str]] = []  # the mirrors of the call being encoded
+        self.new_copies: list[tuple[str, object]] = []  # … and those among them the kernel has no copy of yet
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(config["socket"])
         os.chmod(config["socket"], 0o666)  # the kernel's user connects to it
@@ -157,18 +166,86 @@ class _Session:
             return {"__ref__": value.name}
         if torch is not None and isinstance(value, torch.Generator):
             return {"__generator__": walk(value.get_state())}
+        if self.channel.is_model(value):
+            return {"__mirror__": self.mirror(value)}
         name, obj = self.shared.get(id(value), (None, None))
         if obj is value and self.namespace.get(name) is value:
-            if torch is not None and isinstance(value, torch.nn.Module) and torch.is_grad_enabled() \
-                    and any(p.requires_grad for p in value.parameters()):
-                raise Refused(f"'{name}' has trainable parameters and autograd is on: gradients do not cross")
             return {"__ref__": name}
         if isinstance(value, types.FunctionType) and value.__module__ == "__main__":  # a function of the tests
             self.callbacks.append(value)
             return {"__callback__": len(self.callbacks) - 1}
-        kind = type(value)  # a copy would be a second object, whose changes (an optimiser's step) the tests miss
+        kind = type(value)
+        if kind.__module__ == "__main__" and isinstance(kind, type):  # an object of the tests: its methods
+            self.callbacks.append(value)
+            return {"__object__": len(self.callbacks) - 1}
         raise Refused(f"a {kind.__module__}.{kind.__qualname__} that no locked setup cell made cannot be named in the "
                       "kernel")
+
+    def mirror(self, value) -> str:
+        """The key of ``value``'s copy in the kernel: ``ref:NAME`` for a global of a locked setup cell, else
+        ``copy:N``, pickled with this call the first time it crosses."""
+        import torch
+
+        known = self.mirrors.get(id(value))
+        if known is None or known[0] is not value:
+            name, obj = self.shared.get(id(value), (None, None))
+            if obj is value and self.namespace.get(name) is value:
+                key = f"ref:{name}"
+            else:
+                kind = type(value)
+                if kind.__module__ == "__main__" and id(kind) not in self.shared:
+                    raise Refused(f"a {kind.__qualname__} (a class of this cell) cannot be rebuilt in the kernel")
+                key = f"copy:{len(self.mirrors)}"
+                self.new_copies.append((key, value))
+            self.mirrors[id(value)] = known = (value, key)
+            if not isinstance(value, torch.optim.Optimizer):
+                for param_name, p in self.channel.named_parameters(value).items():
+                    self.mirror_params.setdefault(id(p), (key, param_name))
+        if all(obj is not value for obj, _ in self.call_mirrors):
+            self.call_mirrors.append(known)
+        return known[1]
+
+    def pickle_copies(self) -> bytes:
+        """The call's new copies in one pickle (so that an optimiser and its model stay linked); what they share
+        with earlier mirrors or with the setup's globals crosses as a reference to the kernel's own."""
+        import io
+        import pickle
+
+        new = {id(obj) for _, obj in self.new_copies}
+        session = self
+
+        class Pickler(pickle.Pickler):
+            def persistent_id(self, obj):
+                if id(obj) in new:
+                    return None
+                mirror = session.mirrors.get(id(obj))
+                if mirror is not None and mirror[0] is obj:
+                    return ("mirror", mirror[1], None)
+                key, name = session.mirror_params.get(id(obj), (None, None))
+                if key is not None and key not in {k for k, _ in session.new_copies}:
+                    return ("param", key, name)
+                name, shared = session.shared.get(id(obj), (None, None))
+                if name is not None and shared is obj and session.namespace.get(name) is obj \
+                        and not isinstance(obj, (type, int, float, str, bytes, tuple, frozenset)):
+                    return ("ref", name, None)
+                return None
+
+        main = types.ModuleType("__main__")  # the classes of the setup cells, as pickle looks them up
+        main.__dict__.update(self.namespace)
+        saved, sys.modules["__main__"] = sys.modules["__main__"], main
+        try:
+            buffer = io.BytesIO()
+            Pickler(buffer).dump([obj for _, obj in self.new_copies])
+            return buffer.getvalue()
+        finally:
+            sys.modules["__main__"] = saved
+
+    def refer_data(self, value, walk):
+        """What a callback may return besides data: what ``refer`` allows, but no model or optimiser (the call
+        that would carry its state is already under way)."""
+        if self.channel.is_model(value):
+            raise Refused("a callback of the tests returned a model or an optimiser")
+        return self.refer(value, walk)
 
     def check_tensor(self, tensor, key: str) -> None:
         """A tensor that needs its gradient crosses as a leaf the kernel differentiates against (``_Proxy``)."""
@@ -223,19 +300,37 @@ class _Proxy:
         return f"<the student's {self.name}>"
 
     def __call__(self, *args, **kwargs):
+        import torch
+
         session, channel = self.session, self.session.channel
-        session.needs_grad = []
+        session.needs_grad, session.call_mirrors, session.new_copies = [], [], []
         try:
             header, tensors, arrays = channel.encode((args, kwargs), session.refer, session.check_tensor)
+            sync, sync_tensors, sync_arrays = channel.encode(
+                {key: channel.state_of(obj) for obj, key in session.call_mirrors}, prefix="s")
         except channel.NotData as err:
             raise Refused(f"an argument of {self.name}: {err}") from None
         inputs = [tensor for tensor, _ in session.needs_grad]
-        request = {"op": "call", "name": self.name, "args": header, "grad": [key for _, key in session.needs_grad]}
-        reply, value = self._exchange(request, tensors, arrays)
-        if "graph" in reply and inputs:
-            import torch
-
-            if isinstance(value, torch.Tensor) and value.dtype.is_floating_point:
+        request = {"op": "call", "name": self.name, "args": header, "grad": [key for _, key in session.needs_grad],
+                   "sync": sync, "grad_mode": torch.is_grad_enabled()}
+        if session.new_copies:
+            request["copies"] = [key for key, _ in session.new_copies]
+            sync_tensors["__copies__"] = torch.frombuffer(bytearray(session.pickle_copies()), dtype=torch.uint8)
+        mirrors, session.new_copies = session.call_mirrors, []
+        reply, value = self._exchange(request, {**tensors, **sync_tensors}, {**arrays, **sync_arrays})
+        for obj, key in mirrors:  # what the student's function did to them
+            channel.set_state(obj, reply["states"][key])
+        if "graph" in reply:  # the mirrors' parameters that were trainable after the call are inputs too
+            by_key = {key: obj for obj, key in mirrors}
+            try:
+                inputs += [channel.named_parameters(by_key[key])[name] for key, name in reply.get("param_grad", [])]
+            except (KeyError, TypeError, ValueError):
+                raise channel.ChannelLost("a malformed message from the kernel") from None
+            used = reply.get("used")
+            if type(used) is not list or len(used) != len(inputs) or any(type(u) is not bool for u in used):
+                raise channel.ChannelLost("a malformed message from the kernel")
+            inputs = [x for x, u in zip(inputs, used) if u]  # what the result depends on
+            if inputs and isinstance(value, torch.Tensor) and value.dtype.is_floating_point:
                 return _Remote.apply(self, int(reply["graph"]), value, *inputs)
         return value
 
@@ -250,7 +345,9 @@ class _Proxy:
                 reply, tensors, arrays = channel.receive(connection)
                 if reply.get("op") == "return":
                     try:
-                        return reply, channel.decode(reply.get("value"), tensors, arrays)
+                        value = channel.decode(reply.get("value"), tensors, arrays)
+                        reply["states"] = channel.decode(reply.get("sync", {"__dict__": {}}), tensors, arrays)
+                        return reply, value
                     except (channel.NotData, KeyError, TypeError, ValueError) as err:
                         raise channel.NotData(f"{self.name} returned something that is not data ({err})") from None
                 if reply.get("op") == "raise":
@@ -267,8 +364,13 @@ class _Proxy:
         try:
             args, kwargs = channel.decode(request.get("args"), tensors, arrays)
             function = session.callbacks[int(request.get("id"))]
+            method = request.get("method")
+            if method is not None:  # a public method of an object of the tests
+                if type(method) is not str or method.startswith("_"):
+                    raise AttributeError(f"no method {method!r} may be called")
+                function = getattr(function, method)
             value = function(*args, **kwargs)
-            header, tensors, arrays = channel.encode(value, session.refer, session.check_tensor)
+            header, tensors, arrays = channel.encode(value, session.refer_data, session.check_tensor)
         except Refused as why:
             header, tensors, arrays = {"op": "raise", "ename": "NotData", "evalue": str(why)}, {}, {}
             channel.send(connection, header)
