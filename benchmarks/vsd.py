@@ -41,12 +41,9 @@ one line comparing them: VSD/SDS ratios of the costs and VSD − SDS differences
 ``--set KEY=VALUE`` changes a `GenerateConfig` option of both methods, as in ``benchmarks/generate.py``
 (``sds.*`` reaches only SDS, ``vsd.*`` only VSD).
 
-How long: an estimate, not a measured full run. 20 steps of "a brown house" with 4 seeds and 4 particles on one
-thread of a 2-core CPU that a test run kept busy took 0.51 s per SDS step of the 4 seeds (0.13 s per seed) and
-1.27 s per VSD step of the 4 particles (4 θ steps and one φ step on their 16 renders), plus about 3 s per result
-for the judgements and the output files. At the default 500 steps that is about 270 s per prompt for SDS and
-650 s for VSD, so the full default run (13 prompts × 2 methods) should take about 3.3 hours: 1 hour of SDS and
-2.3 hours of VSD.
+How long, measured (2026-11-27, the defaults: 500 steps, 4 particles and 4 seeds, one thread per process, VSD and
+SDS split over two processes on the 2-core CPU, grading jobs beside them for part of the time): 446 s per prompt for
+VSD (0.87 s per step of the 4 particles) and 303 s for SDS (the 4 runs), 2.7 hours of CPU for the 13 prompts.
 
     python benchmarks/vsd.py [--method sds|vsd|both] [--particles 4] [--prompts P ...] [--steps 500]
                              [--seed 0] [--set KEY=VALUE ...] [--out outputs/bench_vsd] [--threads 1]
