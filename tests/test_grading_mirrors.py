@@ -209,3 +209,16 @@ assert all(p.grad is not None for p in model.head.parameters())
 assert all(p.grad is None for p in model.body.parameters()), "the body received gradients"
 ''')
     assert report["status"] == "error" and "the body received gradients" in report["evalue"], report
+
+
+def test_a_state_of_the_wrong_shape_from_the_kernel_fails_the_call_not_the_tester(pair):
+    student = SETUP + '''
+def grow(model):
+    model.weight = torch.nn.Parameter(torch.zeros(5, 5))   # another shape: it cannot come back into the tests' model
+    return 1
+'''
+    p = pair(student, ["grow"])
+    p.run(SETUP, setup=True, in_kernel_too=True)
+    report = p.run("grow(torch.nn.Linear(2, 2))")
+    assert report["status"] == "error" and report["ename"] == "NotData" and "malformed state" in report["evalue"]
+    assert p.run("assert 1 + 1 == 2")["status"] == "ok"  # the tester goes on

@@ -318,8 +318,11 @@ class _Proxy:
             sync_tensors["__copies__"] = torch.frombuffer(bytearray(session.pickle_copies()), dtype=torch.uint8)
         mirrors, session.new_copies = session.call_mirrors, []
         reply, value = self._exchange(request, {**tensors, **sync_tensors}, {**arrays, **sync_arrays})
-        for obj, key in mirrors:  # what the student's function did to them
-            channel.set_state(obj, reply["states"][key])
+        try:
+            for obj, key in mirrors:  # what the student's function did to them
+                channel.set_state(obj, reply["states"][key])
+        except Exception as err:  # noqa: BLE001 (a state of the wrong shape, a missing one: the kernel's doing)
+            raise channel.NotData(f"{self.name} sent back a malformed state ({type(err).__name__}: {err})") from None
         if "graph" in reply:  # the mirrors' parameters that were trainable after the call are inputs too
             by_key = {key: obj for obj, key in mirrors}
             try:
