@@ -65,10 +65,10 @@ from pathlib import Path
 
 import text3d_edu  # noqa: F401  (before torch: it sets OMP_WAIT_POLICY=PASSIVE)
 import torch
-import torch.nn.functional as F
 from generate import PROMPTS, make_config  # benchmarks/generate.py, beside this file
 
 from text3d_edu import toyworld
+from text3d_edu.compare import diversity as clip_diversity
 from text3d_edu.fidelity import AZIMUTH_OFFSETS, OPAQUE, fidelity_cameras, truth_renders
 from text3d_edu.generate import generate, judge_cameras, render_views
 from text3d_edu.priors import load_clip, load_diffusion
@@ -137,12 +137,11 @@ def colour_figures(field_: torch.nn.Module, metrics: dict, prompt: str, truths: 
 def diversity(embeddings: list[torch.Tensor], views: list[torch.Tensor]) -> tuple[float, float]:
     """(1 − cosine of the mean CLIP embeddings (D,), mean |Δ| of the judge views (8, 3, h, w)), each the mean over
     the pairs of results; (0, 0) for one result."""
-    pairs = list(itertools.combinations(range(len(views)), 2))
+    pairs = list(itertools.combinations(views, 2))
     if not pairs:
         return 0.0, 0.0
-    clip = statistics.mean(1 - F.cosine_similarity(embeddings[i], embeddings[j], dim=0).item() for i, j in pairs)
-    pixels = statistics.mean((views[i] - views[j]).abs().mean().item() for i, j in pairs)
-    return clip, pixels
+    pixels = statistics.mean((a - b).abs().mean().item() for a, b in pairs)
+    return clip_diversity(embeddings), pixels
 
 
 def run_prompt(prompt: str, method: str, n: int, overrides: dict, out_root: Path, seed: int, clip, prior

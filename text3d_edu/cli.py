@@ -510,6 +510,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_training_run_options(p: argparse.ArgumentParser, cores: int = 1) -> None:
+    """The options every train-* command shares: its seed, CPU threads, rendering workers and --resume."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=cores)
+    p.add_argument("--workers", type=int, default=cores, help="processes that render the training set")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="text3d-edu", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -615,10 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", default=None, help="where the safetensors go (default: the package's)")
     p.add_argument("--clip-steps", type=int, default=1500, help="the shipped weights: 2500 (on a GPU)")
     p.add_argument("--unet-steps", type=int, default=3200, help="the shipped weights: 5000 (on a GPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workers", type=int, default=2, help="processes that render the training set")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    _add_training_run_options(p, cores=2)
     p.set_defaults(func=_cmd_train_pocket)
 
     p = sub.add_parser("train-pocket-latent", help="train the pocket latent diffusion prior (a VAE, then a U-Net "
@@ -629,10 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-unet-steps", type=int, default=4000)
     p.add_argument("--latent-size", type=int, default=16, choices=(8, 16), help="latents (4, S, S) of 64×64 images")
     p.add_argument("--objects", type=int, default=2080, help="Pocket World objects (12 renders each)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workers", type=int, default=2, help="processes that render the training set")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    _add_training_run_options(p, cores=2)
     p.set_defaults(func=_cmd_train_pocket_latent)
 
     p = sub.add_parser("train-pointe", help="train Point-E's base model and upsampler on Pocket World clouds")
@@ -643,10 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (4 renders each)")
     p.add_argument("--width", type=int, default=64, help="both transformers' width (a multiple of their 4 heads)")
     p.add_argument("--layers", type=int, default=3, help="both transformers' depth")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    _add_training_run_options(p)
     p.set_defaults(func=_cmd_train_pointe)
 
     p = sub.add_parser("train-dreamstone", help="train DreamStone's stage 1 on the Pocket World: the single-view "
@@ -658,10 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (4 renders each)")
     p.add_argument("--noise", type=float, default=0.75,
                    help="w in the mapper's input normalize((1 − w) f_I + w n/‖n‖) (0: no noise mixing)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    _add_training_run_options(p)
     p.set_defaults(func=_cmd_train_dreamstone)
 
     p = sub.add_parser("train-sdfusion", help="train SDFusion on the Pocket World: the 3D VQ-VAE on 32³ SDF grids, "
@@ -671,10 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqvae-steps", type=int, default=600)
     p.add_argument("--unet-steps", type=int, default=1400)
     p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (4 renders each)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    _add_training_run_options(p)
     p.set_defaults(func=_cmd_train_sdfusion)
 
     p = sub.add_parser("train-judge", help="train the second judge, a CNN that names kind and colour of 32×32 "
@@ -683,10 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", default=None, help="where the safetensors go (default: the package's)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--objects", type=int, default=1040, help="Pocket World objects (8 renders each)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1, help="processes that render the training set")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    _add_training_run_options(p)
     p.set_defaults(func=_cmd_train_judge)
 
     p = sub.add_parser("compare", help="run every method on a prompt set and judge the results alike (lecture 10): "

@@ -212,6 +212,7 @@ class _Session:
         import pickle
 
         new = {id(obj) for _, obj in self.new_copies}
+        new_keys = {key for key, _ in self.new_copies}
         session = self
 
         class Pickler(pickle.Pickler):
@@ -222,7 +223,7 @@ class _Session:
                 if mirror is not None and mirror[0] is obj:
                     return ("mirror", mirror[1], None)
                 key, name = session.mirror_params.get(id(obj), (None, None))
-                if key is not None and key not in {k for k, _ in session.new_copies}:
+                if key is not None and key not in new_keys:  # a parameter of a copy the kernel already has
                     return ("param", key, name)
                 name, shared = session.shared.get(id(obj), (None, None))
                 if name is not None and shared is obj and session.namespace.get(name) is obj \
