@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from browser_checks import ARTEFACTS, PLOTLY_MIME, REPO, WIDGET_MIME, ConsoleErrors, chromium_path, screenshot
 from playwright.sync_api import sync_playwright
+from stored_outputs import differences
 
 SETTINGS = {  # user settings, one file per plugin, written into a fresh settings folder
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
@@ -184,7 +185,8 @@ class NotebookPage:
 
         Returns ``{"problems": [...], "plotly": n, "widgets": n, "seconds": s, "screenshot": path}``; no problem
         means: no error output, every plotly figure drew, every ipywidget rendered (a stored one: its model is
-        saved), no cell left queued, and the page logged no JavaScript error while the notebook was open.
+        saved), no cell left queued, the page logged no JavaScript error while the notebook was open, and (run) no
+        stale output: each cell nbval compares printed and displayed what the stored notebook holds.
         """
         start = time.monotonic()
         self._open_lab()
@@ -199,12 +201,16 @@ class NotebookPage:
             if page.evaluate("() => window.__run") != "done":
                 self.errors.append(f"Run All: {page.evaluate('() => window.__run')}")
         found = self._wait_drawn(stored=not run)
+        if run:  # what nbval checks: every compared cell printed and displayed what the stored notebook holds
+            stored = json.loads((self.lab.root / path).read_text())
+            found["differs"] = differences(stored, page.evaluate("() => window.__panel.context.model.toJSON()"))
         name = Path(path).with_suffix("").as_posix().replace("/", "__") + ("" if run else "__stored")
         shot = screenshot(page, name)
         console = list(self.errors)  # what the notebook caused; closing it (disposing its figures) is the test's doing
         page.evaluate(CLOSE)
         page.close()
         problems = [f"error output: {e}" for e in found["errors"]]
+        problems += [f"stale output: {d}" for d in found.get("differs", [])]
         problems += [f"plotly figure in cell {p['cell']} did not draw" for p in found["plotly"] if not p["drawn"]]
         problems += [f"widget in cell {w['cell']} " + ("has no saved model" if not run else "did not render")
                      + f": {w['text']!r}" for w in found["widgets"] if not w["rendered"]]

@@ -4,9 +4,9 @@ Every lecture and solution is opened in JupyterLab (headless Chromium) as stored
 as saved — no error output, each plotly figure drawn, each ipywidget's model saved in the notebook (what lets
 nbviewer or the course website draw it without a kernel), no JavaScript error. The fixtures in
 tests/browser_fixtures/ show that the checks of both modes can fail: a notebook that raises and one whose plotly
-output cannot draw fail run and stored; a widget output without a saved model fails stored; a small good notebook
-with a figure and a widget passes when run. Screenshots in outputs/browser/, one line per notebook in
-test_browser_stored.jsonl.
+output cannot draw fail run and stored; a widget output without a saved model fails stored; a stored output that
+no longer matches what its cell prints fails run; a small good notebook with a figure and a widget passes when run.
+Screenshots in outputs/browser/, one line per notebook in test_browser_stored.jsonl.
 """
 
 import pytest
@@ -48,3 +48,8 @@ def test_widget_without_saved_model_fails_stored(notebook_page):  # noqa: F811
 def test_stored_notebook_displays(notebook_page, path):  # noqa: F811
     report = notebook_page.check(path, run=False)
     assert report["problems"] == [], f"{path} as stored, see {report['screenshot']}"
+
+
+def test_stale_output_fails_run(notebook_page):  # noqa: F811
+    problems = notebook_page.check(f"{FIXTURES}/stale_output.ipynb", run=True)["problems"]
+    assert problems == ["stale output: cell 1: stdout differs from the stored output: stored '41\\n', run '42\\n'"]
