@@ -97,6 +97,22 @@ assert optimiser.state_dict()["state"][0]["step"] == 30  # Adam's state came bac
     assert report["status"] == "ok", report
 
 
+def test_a_setup_global_that_is_none_does_not_break_a_new_copy(pair):
+    """Every None inside a model pickled towards the kernel (a Linear without bias) crosses as None, not as a
+    reference to the setup's ``nothing``, which the pickler would then look up again without end."""
+    student = SETUP + "def output(model, x):\n    return model(x)\n"
+    p = pair(student, ["output"])
+    setup = SETUP + "nothing = None\n"
+    assert p.run(setup, setup=True, in_kernel_too=True)["status"] == "ok"
+    report = p.run('''
+torch.manual_seed(0)
+model = torch.nn.Linear(3, 2, bias=False)
+x = torch.randn(4, 3)
+assert torch.allclose(output(model, x), model(x))
+''')
+    assert report["status"] == "ok", report
+
+
 def test_parameter_gradients_come_back_and_a_frozen_module_gets_none(pair):
     student = SETUP + '''
 def loss_of(model, frozen, x):

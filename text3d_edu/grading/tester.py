@@ -226,8 +226,11 @@ class _Session:
                 if key is not None and key not in new_keys:  # a parameter of a copy the kernel already has
                     return ("param", key, name)
                 name, shared = session.shared.get(id(obj), (None, None))
+                # never a singleton: a setup global that is None would make every None a reference, and the
+                # reference's own None would be looked up again, without end
                 if name is not None and shared is obj and session.namespace.get(name) is obj \
-                        and not isinstance(obj, (type, int, float, str, bytes, tuple, frozenset)):
+                        and not isinstance(obj, (type, int, float, str, bytes, tuple, frozenset, type(None),
+                                                 type(...), type(NotImplemented))):
                     return ("ref", name, None)
                 return None
 
