@@ -28,7 +28,11 @@ from text3d_edu.sdfusion.unet import LatentUNet, UNetConfig
 from text3d_edu.sdfusion.vqvae import VQVAE, VQVAEConfig, vqvae_loss
 
 PHASE_IDS = {"vqvae": 30, "unet": 31}  # training generators' phase numbers, apart from the other models'
-DROP = {"text": 0.5, "image": 0.5, "partial": 0.5}  # each condition's probability of being dropped (∅) in training
+# each condition's probability of being dropped (∅) in training. Measured (held-out, 26 prompts / 26 completions,
+# U-Net 2000 steps): all 0.5 gave text → shape kind 0.23 (with unscaled features); text 0.2 / image 0.6 / partial
+# 0.6: kind 1.0 but completion IoU 0.71; partial 0.3: kind 0.81-0.85, completion 0.76-0.77; partial 0.45: 0.81 / 0.75.
+# The text is dropped least: alone it is the weakest condition, and text-only is the question asked most often
+DROP = {"text": 0.2, "image": 0.6, "partial": 0.3}
 
 
 def train_vqvae(config: VQVAEConfig, sdf: torch.Tensor, steps: int, seed: int, out: Path, resume: bool,
@@ -40,11 +44,12 @@ def train_vqvae(config: VQVAEConfig, sdf: torch.Tensor, steps: int, seed: int, o
     accelerator, optimizer, lr_scheduler = _training_setup(model, lr, steps)
 
     def loss_fn(model, generator):
-        return vqvae_loss(model, sdf[torch.randint(sdf.shape[0], (batch_size,), generator=generator)])
+        batch = sdf[torch.randint(sdf.shape[0], (batch_size,), generator=generator)]
+        return vqvae_loss(model, batch.to(accelerator.device))
 
     result = training_loop("sdfusion_vqvae", PHASE_IDS["vqvae"], accelerator, model, optimizer, lr_scheduler, steps,
                            loss_fn, out, seed, resume, checkpoint_every)
-    return set_latent_statistics(result["model"].eval(), sdf), result["loss"]
+    return set_latent_statistics(result["model"].cpu().eval(), sdf), result["loss"]
 
 
 @torch.no_grad()
@@ -73,7 +78,8 @@ def train_unet(config: UNetConfig, z: torch.Tensor, partial: torch.Tensor, text:
     unet = LatentUNet(config)
     ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, foreach=True)
     accelerator, optimizer, lr_scheduler = _training_setup(unet, lr, steps)
-    a_bar = alphas_cumprod()
+    device = accelerator.device  # the data goes where Accelerate put the U-Net (a GPU when there is one)
+    a_bar, z, partial, text, image = (x.to(device) for x in (alphas_cumprod(), z, partial, text, image))
     n, views = image.shape[:2]
 
     def loss_fn(unet, generator):
@@ -81,8 +87,9 @@ def train_unet(config: UNetConfig, z: torch.Tensor, partial: torch.Tensor, text:
         keep = {name: (torch.rand(batch_size, generator=generator) >= p).float() for name, p in DROP.items()}
         half = torch.randint(len(HALVES), (batch_size,), generator=generator)
         view = torch.randint(views, (batch_size,), generator=generator)
-        noise = torch.randn(z[index].shape, generator=generator)  # ε
-        t = torch.randint(0, T, (batch_size,), generator=generator)
+        noise = torch.randn(z[index].shape, generator=generator).to(device)  # ε
+        t = torch.randint(0, T, (batch_size,), generator=generator).to(device)
+        keep = {name: k.to(device) for name, k in keep.items()}
         z_t = add_noise(z[index], noise, t, a_bar)
         eps = unet(z_t, t, text=text[index] * keep["text"][:, None], image=image[index, view] * keep["image"][:, None],
                    partial=partial[index, half] * keep["partial"][:, None, None, None, None])
@@ -91,7 +98,7 @@ def train_unet(config: UNetConfig, z: torch.Tensor, partial: torch.Tensor, text:
     result = training_loop("sdfusion_unet", PHASE_IDS["unet"], accelerator, unet, optimizer, lr_scheduler, steps,
                            loss_fn, out, seed, resume, checkpoint_every, ema=ema)
     ema.copy_to(result["model"].parameters())
-    return result["model"].eval(), result["loss"]
+    return result["model"].cpu().eval(), result["loss"]
 
 
 def save_model(model: VQVAE | LatentUNet, path: str | Path) -> None:
@@ -119,7 +126,7 @@ def load_sdfusion(weights_dir: str | Path | None = None) -> tuple[VQVAE, LatentU
 
 
 def train_sdfusion(out_dir: str | Path = "runs/sdfusion", weights_dir: str | Path | None = None,
-                   vqvae_steps: int = 600, unet_steps: int = 1400, n_objects: int = 1040, heldout_objects: int = 104,
+                   vqvae_steps: int = 3000, unet_steps: int = 2000, n_objects: int = 1040, heldout_objects: int = 104,
                    seed: int = 0, resume: bool = False, threads: int = 1, workers: int = 1,
                    checkpoint_every: int = 250, command: str = "", vqvae_config: VQVAEConfig | None = None,
                    unet_config: UNetConfig | None = None, completions: int | None = 26,

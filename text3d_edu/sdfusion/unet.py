@@ -11,8 +11,9 @@ with three conditions c_i, each dropped independently in training (so that the s
 - partial shape: the latent of the masked SDF and the mask at the latent's resolution (B, 4, 8, 8, 8) (the paper
   completes shapes by diffusing with the known part of the latent; we also give it as a condition).
 
-How the conditions enter (F): text and image go through their own linear E_φi and are added to the timestep
-embedding, which every residual block reads (scale and shift after its first normalisation); the partial shape is
+How the conditions enter (F): text and image, scaled by √E (the pocket CLIP's features are unit vectors), go
+through their own linear E_φi and are added to the timestep embedding, which every residual block reads (scale and
+shift after its first normalisation); the partial shape is
 concatenated with z_t as input channels. The paper's U-Net uses cross-attention for text and image; ours, for a
 pooled 64-d feature, adds it. A dropped condition is a zero input. Attention (self-attention over the 4³ = 64
 positions) sits at the coarsest level, as in the paper.
@@ -106,7 +107,11 @@ class LatentUNet(nn.Module):
         text = absent if text is None else text
         image = absent if image is None else image
         partial = z_t.new_zeros(b, c + 1, *z_t.shape[2:]) if partial is None else partial
-        emb = self.time(timestep_embedding(t, self.config.width)) + self.text(text) + self.image(image)  # (B, 4w)
+        # the pocket CLIP's features are unit vectors (each coordinate ~1/√E): × √E puts them at the unit scale the
+        # Linear's initialisation and Adam's step size assume; unscaled, the text moved the embedding ~8× slower
+        # and text → shape named the right kind for 4-6 of 26 prompts (with train.DROP's rates, see there)
+        scale = math.sqrt(self.config.clip_dim)
+        emb = self.time(timestep_embedding(t, self.config.width)) + self.text(scale * text) + self.image(scale * image)
         h = self.stem(torch.cat([z_t, partial], dim=1))  # (B, w, 8, 8, 8)
         skip = self.down(h, emb)
         h = self.downsample(skip)  # (B, 2w, 4, 4, 4)
