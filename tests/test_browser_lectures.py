@@ -4,9 +4,9 @@ Each lecture is run through JupyterLab's own "Run All Cells" command and must en
 figure drawn (an SVG or a WebGL canvas in its output area), every ipywidget rendered, no cell left queued, no
 JavaScript error in the page, and every compared cell's output what the stored notebook holds (nbval's rules,
 tests/stored_outputs.py: this run replaces nbval's run of the lectures); the run must leave the stored notebook
-untouched. A screenshot of each lands in
-outputs/browser/ (CI keeps that folder), with test_browser_lectures.jsonl: one line per lecture, its problems and
-seconds. That the checks can fail is shown in test_browser_stored.py, on tests/browser_fixtures/.
+untouched. A screenshot of each lands in outputs/browser/ (CI keeps that folder), with test_browser_lectures.jsonl:
+one line per lecture, its problems and seconds. That the checks can fail is shown in test_browser_stored.py, on
+tests/browser_fixtures/.
 """
 
 import hashlib

@@ -84,12 +84,11 @@ def train_unet(config: UNetConfig, z: torch.Tensor, partial: torch.Tensor, text:
 
     def loss_fn(unet, generator):
         index = torch.randint(n, (batch_size,), generator=generator)  # (B,)
-        keep = {name: (torch.rand(batch_size, generator=generator) >= p).float() for name, p in DROP.items()}
+        keep = {name: (torch.rand(batch_size, generator=generator) >= p).float().to(device) for name, p in DROP.items()}
         half = torch.randint(len(HALVES), (batch_size,), generator=generator)
         view = torch.randint(views, (batch_size,), generator=generator)
         noise = torch.randn(z[index].shape, generator=generator).to(device)  # ε
         t = torch.randint(0, T, (batch_size,), generator=generator).to(device)
-        keep = {name: k.to(device) for name, k in keep.items()}
         z_t = add_noise(z[index], noise, t, a_bar)
         eps = unet(z_t, t, text=text[index] * keep["text"][:, None], image=image[index, view] * keep["image"][:, None],
                    partial=partial[index, half] * keep["partial"][:, None, None, None, None])

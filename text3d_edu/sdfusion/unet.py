@@ -13,10 +13,9 @@ with three conditions c_i, each dropped independently in training (so that the s
 
 How the conditions enter (F): text and image, scaled by √E (the pocket CLIP's features are unit vectors), go
 through their own linear E_φi and are added to the timestep embedding, which every residual block reads (scale and
-shift after its first normalisation); the partial shape is
-concatenated with z_t as input channels. The paper's U-Net uses cross-attention for text and image; ours, for a
-pooled 64-d feature, adds it. A dropped condition is a zero input. Attention (self-attention over the 4³ = 64
-positions) sits at the coarsest level, as in the paper.
+shift after its first normalisation); the partial shape is concatenated with z_t as input channels. The paper's
+U-Net uses cross-attention for text and image; ours, for a pooled 64-d feature, adds it. A dropped condition is a
+zero input. Attention (self-attention over the 4³ = 64 positions) sits at the coarsest level, as in the paper.
 """
 
 from __future__ import annotations
